@@ -1,0 +1,34 @@
+"""iqa_ray: perceptual image-quality scoring with large multimodal models, at corpus scale on Ray."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from iqa_ray.config import RunConfig
+    from iqa_ray.pipeline import run
+
+__all__ = ["RunConfig", "__version__", "list_distortions", "list_methods", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy re-exports: importing iqa_ray stays cheap and free of side effects.
+    if name == "RunConfig":
+        from iqa_ray.config import RunConfig
+
+        return RunConfig
+    if name == "run":
+        from iqa_ray.pipeline import run
+
+        return run
+    if name == "list_methods":
+        from iqa_ray.methods import list_methods
+
+        return list_methods
+    if name == "list_distortions":
+        from iqa_ray.distortions import list_distortions
+
+        return list_distortions
+    raise AttributeError(name)

@@ -1,0 +1,88 @@
+"""Pure image decoding and preparation: bytes -> upright RGB uint8 HxWx3, with guards."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from iqa_ray.errors import RowError
+from iqa_ray.schema import ErrorCode
+
+# Alpha and palette transparency are composited on white: scoring a transparent logo on black
+# would judge an artefact of the conversion, not the image.
+_BACKGROUND = (255, 255, 255)
+
+
+def decode_image(data: bytes, *, max_pixels: int, min_side: int) -> np.ndarray:
+    """Decode image bytes to an upright RGB uint8 array of shape (H, W, 3).
+
+    The first frame of animations is used; EXIF orientation is applied; CMYK, 16-bit,
+    grayscale, palette and alpha images are converted to 8-bit RGB.
+
+    Raises:
+        RowError: ``empty_file``, ``decode_failed``, ``truncated``, ``too_large``, ``too_small``.
+    """
+    if not data:
+        raise RowError(ErrorCode.EMPTY_FILE, "zero-byte file")
+    with warnings.catch_warnings():
+        # We apply our own pixel guard before decoding; PIL's warning would be noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exc:
+            raise RowError(ErrorCode.TOO_LARGE, str(exc)) from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise RowError(ErrorCode.DECODE_FAILED, f"not a readable image: {exc}") from exc
+        width, height = img.size
+        if width * height > max_pixels:
+            raise RowError(
+                ErrorCode.TOO_LARGE, f"{width}x{height} exceeds max_pixels {max_pixels}"
+            )
+        try:
+            img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+        except Image.DecompressionBombError as exc:
+            raise RowError(ErrorCode.TOO_LARGE, str(exc)) from exc
+        except OSError as exc:
+            code = ErrorCode.TRUNCATED if "truncated" in str(exc).lower() else ErrorCode.DECODE_FAILED
+            raise RowError(code, f"{type(exc).__name__}: {exc}") from exc
+        except (ValueError, SyntaxError, EOFError) as exc:
+            raise RowError(ErrorCode.DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
+    arr = to_rgb_array(img)
+    if min(arr.shape[0], arr.shape[1]) < min_side:
+        raise RowError(
+            ErrorCode.TOO_SMALL, f"{arr.shape[1]}x{arr.shape[0]} has a side below {min_side}"
+        )
+    return arr
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to RGB uint8, scaling high bit depths and compositing alpha."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit PNGs span 0..65535; 'I'/'F' images carry their own range.
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA") or img.mode == "RGBA":
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+
+
+def resize_max_side(arr: np.ndarray, max_side: int | None) -> np.ndarray:
+    """Downscale so the longest side is at most ``max_side`` (bicubic, antialiased); never upscale."""
+    height, width = arr.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return arr
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0))

@@ -1,0 +1,32 @@
+"""Scoring methods; importing this package registers every built-in method."""
+
+from __future__ import annotations
+
+from iqa_ray.methods import levels as _levels  # noqa: F401  (registers the baseline methods)
+from iqa_ray.methods.base import (
+    METHODS,
+    ImageBatch,
+    MethodContext,
+    MethodParams,
+    MethodResult,
+    ScoringMethod,
+    VariantSpec,
+    VlmMethod,
+    get_method,
+    list_methods,
+    register_method,
+)
+
+__all__ = [
+    "METHODS",
+    "ImageBatch",
+    "MethodContext",
+    "MethodParams",
+    "MethodResult",
+    "ScoringMethod",
+    "VariantSpec",
+    "VlmMethod",
+    "get_method",
+    "list_methods",
+    "register_method",
+]

@@ -1,0 +1,194 @@
+"""The driver: validate -> run.json -> pending images -> Ray Data plan -> summary -> _SUCCESS."""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from iqa_ray import __version__, io, manifest
+from iqa_ray.config import RunConfig
+from iqa_ray.errors import ConfigError
+from iqa_ray.schema import RETRYABLE_CODES, Col
+from iqa_ray.stages import DecodeImages, FetchImages, ScoreImages, write_scores
+
+logger = logging.getLogger(__name__)
+_MAX_BLOCKS = 20_000  # manifest blocks handed to Ray Data: enough parallelism, bounded overhead
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run lives in the bucket."""
+
+    root: str
+
+    @property
+    def run_json(self) -> str:
+        return io.join(self.root, "run.json")
+
+    @property
+    def scores(self) -> str:
+        return io.join(self.root, "scores")
+
+    @property
+    def success(self) -> str:
+        return io.join(self.root, "_SUCCESS")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports back to the job script."""
+
+    run_id: str
+    uri: str
+    summary: dict[str, Any]
+
+    @property
+    def infra_failures(self) -> int:
+        """Rows whose error is retryable (fetch or model failures), not the input's fault."""
+        return sum(n for code, n in self.summary["rows_by_error_code"].items() if code in RETRYABLE_CODES)
+
+
+def run_paths(cfg: RunConfig) -> RunPaths:
+    """The run folder ``<output>/runs/<run_id>``."""
+    return RunPaths(io.join(cfg.output.uri, "runs", cfg.resolved_run_id()))
+
+
+def versions() -> dict[str, str | None]:
+    """Library versions recorded in run.json (heavy ones only if importable here)."""
+    import ray
+
+    found: dict[str, str | None] = {"iqa_ray": __version__, "ray": ray.__version__,
+                                    "python": platform.python_version()}
+    for name in ("torch", "transformers"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def check_fingerprint(cfg: RunConfig, paths: RunPaths) -> dict[str, Any] | None:
+    """Refuse to resume a run whose stored fingerprint differs; return the stored record."""
+    opts = cfg.output.storage_options
+    if not io.exists(paths.run_json, opts):
+        return None
+    stored = io.read_json(paths.run_json, opts)
+    if stored.get("fingerprint") != cfg.fingerprint():
+        raise ConfigError(
+            f"run {cfg.resolved_run_id()!r} at {paths.root} was made with a different "
+            "result-affecting configuration (model, methods, prompts, distortions or image "
+            "guards); resuming would mix incompatible scores. Pick a new run_id, or restore "
+            f"the original configuration (stored in {paths.run_json})."
+        )
+    return stored
+
+
+def build_dataset(cfg: RunConfig, pending: pa.Table, scores_uri: str, attempt: int) -> Any:
+    """The lazy Ray Data plan over the pending images (no shuffle; one output row per file)."""
+    import ray
+
+    st = cfg.stages
+    block_rows = max(st.fetch.batch_size, math.ceil(pending.num_rows / _MAX_BLOCKS))
+    blocks = [pending.slice(i, block_rows) for i in range(0, pending.num_rows, block_rows)]
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        FetchImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.fetch.batch_size,
+        batch_format="numpy", num_cpus=st.fetch.num_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=st.fetch.min_actors, max_size=st.fetch.max_actors),
+    )
+    ds = ds.map_batches(
+        DecodeImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.decode.batch_size,
+        batch_format="numpy", num_cpus=st.decode.num_cpus,
+        compute=ray.data.ActorPoolStrategy(min_size=st.decode.min_actors, max_size=st.decode.max_actors),
+    )
+    ds = ds.map_batches(
+        ScoreImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.score.batch_size,
+        batch_format="numpy", num_cpus=st.score.num_cpus, num_gpus=st.score.num_gpus,
+        # A fixed pool: each actor holds a whole model, scaling it up and down costs a reload.
+        compute=ray.data.ActorPoolStrategy(size=st.score.max_actors),
+        max_restarts=-1, max_task_retries=-1,
+    )
+    return ds.map_batches(
+        write_scores, fn_kwargs={"cfg": cfg, "scores_uri": scores_uri, "attempt": attempt},
+        batch_size=cfg.output.rows_per_file, batch_format="pyarrow", num_cpus=0.25,
+    )
+
+
+def summarize(keys: pa.Table, manifest_table: pa.Table, methods: list[str]) -> dict[str, Any]:
+    """Counts derived from the committed rows: by method and error code, and reconciliation."""
+    latest = manifest.latest_rows(keys)
+    codes = latest.column(Col.ERROR_CODE).to_pylist()
+    by_code: dict[str, int] = {}
+    for code in codes:
+        by_code[code or "ok"] = by_code.get(code or "ok", 0) + 1
+    by_method = {m: int(np.sum(latest.column(Col.METHOD).to_numpy(zero_copy_only=False) == m)) for m in methods}
+    done = manifest.done_ids(keys, methods, retry_errors=False)
+    expected = manifest_table.column(Col.IMAGE_ID).to_numpy()
+    return {
+        "images": int(len(expected)),
+        "methods": methods,
+        "rows_expected": int(len(expected) * len(methods)),
+        "rows_written": int(keys.num_rows),
+        "rows_current": int(latest.num_rows),
+        "rows_superseded": int(keys.num_rows - latest.num_rows),
+        "rows_by_method": by_method,
+        "rows_by_error_code": dict(sorted(by_code.items())),
+        "images_missing": int(np.sum(~np.isin(expected, done))),
+    }
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Score every pending image of the input and commit the results to the run folder.
+
+    A rerun with the same run id resumes: images already committed are skipped. ``ray.init``
+    is the caller's job (the job script), never this library's.
+    """
+    paths = run_paths(cfg)
+    opts = cfg.output.storage_options
+    check_fingerprint(cfg, paths)
+    methods = [m.name for m in cfg.methods]
+    table = manifest.build_manifest(cfg.input)
+    keys = manifest.load_score_keys(paths.scores, opts)
+    done = manifest.done_ids(keys, methods, cfg.retry_errors)
+    todo = manifest.pending(table, done)
+    attempt = manifest.next_attempt(keys)
+    record = {
+        "run_id": cfg.resolved_run_id(), "fingerprint": cfg.fingerprint(),
+        "config": cfg.model_dump(mode="json"), "versions": versions(), "status": "running",
+        "started_at": datetime.now(timezone.utc).isoformat(), "attempt": attempt,
+        "counts_at_start": {"images": table.num_rows, "done": int(len(done)), "pending": todo.num_rows},
+    }
+    io.write_json_atomic(paths.run_json, record, opts)
+    logger.info("run %s: %d images, %d done, %d pending -> %s", record["run_id"], table.num_rows,
+                len(done), todo.num_rows, paths.root)
+    if todo.num_rows:
+        io.delete(paths.success, opts)  # not complete again until every pending image is written
+        _execute(build_dataset(cfg, todo, paths.scores, attempt), todo.num_rows)
+    summary = summarize(manifest.load_score_keys(paths.scores, opts), table, methods)
+    if summary["images_missing"]:
+        raise RuntimeError(f"{summary['images_missing']} images have no committed rows: rerun to resume")
+    record.update(status="complete", finished_at=datetime.now(timezone.utc).isoformat(), summary=summary)
+    io.write_json_atomic(paths.run_json, record, opts)
+    io.write_bytes_atomic(paths.success, b"", opts)  # the last thing written
+    return RunResult(record["run_id"], paths.root, summary)
+
+
+def _execute(ds: Any, total: int) -> None:
+    """Stream the plan; log a progress line per committed file (images, rate, ETA)."""
+    start, done = time.monotonic(), 0
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        done += int(pc.sum(batch.column("images")).as_py())
+        elapsed = time.monotonic() - start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("inf")
+        logger.info("progress: %d/%d images (%.1f%%), %.2f images/s, ETA %.0fs",
+                    done, total, 100.0 * done / total, rate, eta)

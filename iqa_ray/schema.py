@@ -1,0 +1,53 @@
+"""Column names, error codes and shared type aliases used at every stage boundary."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+JsonDict = dict[str, Any]
+
+
+class ErrorCode(enum.StrEnum):
+    """Stable per-row error codes written to the ``error_code`` column."""
+
+    FETCH_FAILED = "fetch_failed"  # transient or unknown storage failure after retries
+    NOT_FOUND = "not_found"  # the object does not exist (deleted between listing and reading)
+    EMPTY_FILE = "empty_file"  # zero bytes
+    DECODE_FAILED = "decode_failed"  # not an image, or an unreadable one
+    TRUNCATED = "truncated"  # an image whose data ends early
+    TOO_LARGE = "too_large"  # over the decompression-bomb pixel guard
+    TOO_SMALL = "too_small"  # under the minimum side length
+    DISTORT_FAILED = "distort_failed"  # a prior/distortion could not be made
+    MODEL_ERROR = "model_error"  # the model failed on this row
+    UNPARSABLE = "unparsable"  # model output could not be turned into a score
+
+
+# Codes whose rows are recomputed by ``--retry-errors``: the input may be fine next time.
+RETRYABLE_CODES: frozenset[str] = frozenset(
+    {ErrorCode.FETCH_FAILED, ErrorCode.MODEL_ERROR}
+)
+
+
+class Col:
+    """Column names shared across stages and the output table."""
+
+    IMAGE_ID = "image_id"  # int64, stable hash of the URI
+    URI = "uri"
+    METHOD = "method"
+    SCORE = "score"
+    ERROR_CODE = "error_code"
+    ERROR_MESSAGE = "error_message"
+    ATTEMPT = "attempt"  # 0 for the first try of a row, +1 per --retry-errors run
+    BYTES = "bytes"
+    IMAGE = "image"  # decoded RGB uint8 HxWx3 query image
+    WIDTH = "width"  # original size, before any resizing for the model
+    HEIGHT = "height"
+
+
+def variant_column(variant: str) -> str:
+    """Name of the batch column that carries the image of one variant (e.g. a degraded prior)."""
+    return f"variant__{variant}"
