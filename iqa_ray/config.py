@@ -86,6 +86,13 @@ class OutputConfig(StrictModel):
     _check_options = field_validator("storage_options")(_check_storage_options)
 
 
+class FakeOptions(StrictModel):
+    """Failure injection for the fake backend (crash-and-resume tests); never result-affecting."""
+
+    fail_after_batches: int | None = Field(None, ge=0, description="Fail after N batches.")
+    fail_delay_s: float = Field(0.0, ge=0, description="Seconds to hang before failing.")
+
+
 class ModelConfig(StrictModel):
     """The vision-language model every scoring method shares (loaded once per GPU actor)."""
 
@@ -117,8 +124,8 @@ class ModelConfig(StrictModel):
     cache_dir: str | None = Field(
         None, description="Node-local cache for weights copied from a bucket."
     )
-    fake_fail_after_batches: int | None = Field(
-        None, ge=0, description="Testing only (fake backend): fail after this many batches."
+    fake: FakeOptions = Field(
+        default_factory=lambda: FakeOptions(), description="Fake-backend knobs (tests only)."
     )
 
     _check_options = field_validator("storage_options")(_check_storage_options)

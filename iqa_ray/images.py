@@ -35,7 +35,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int) -> np.ndarray:
         except Image.DecompressionBombError as exc:
             raise RowError(ErrorCode.TOO_LARGE, str(exc)) from exc
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            raise RowError(ErrorCode.DECODE_FAILED, f"not a readable image: {exc}") from exc
+            code = ErrorCode.TRUNCATED if "truncated" in str(exc).lower() else ErrorCode.DECODE_FAILED
+            raise RowError(code, f"not a readable image: {exc}") from exc
         width, height = img.size
         if width * height > max_pixels:
             raise RowError(

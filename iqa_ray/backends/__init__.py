@@ -47,7 +47,7 @@ def load_backend(cfg: ModelConfig, batch_size: int = 8) -> VlmBackend:
     if cfg.backend == "fake":
         from iqa_ray.backends.fake import FakeBackend
 
-        return FakeBackend(fail_after_batches=cfg.fake_fail_after_batches)
+        return FakeBackend(cfg.fake.fail_after_batches, cfg.fake.fail_delay_s)
     if cfg.backend == "transformers":
         from iqa_ray.backends.hf import TransformersBackend
 

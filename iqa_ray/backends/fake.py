@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 
@@ -16,10 +17,13 @@ class FakeBackend:
     Args:
         fail_after_batches: raise a RuntimeError (an infrastructure failure that stops the job)
             on the call after this many calls; used to test crash-and-resume.
+        fail_delay_s: hang this long before failing, as a dying device often does, so that
+            earlier batches reach the bucket first.
     """
 
-    def __init__(self, fail_after_batches: int | None = None) -> None:
+    def __init__(self, fail_after_batches: int | None = None, fail_delay_s: float = 0.0) -> None:
         self._fail_after = fail_after_batches
+        self._fail_delay_s = fail_delay_s
         self._calls = 0
 
     def check_words(self, templates: list[Prompt]) -> None:
@@ -29,6 +33,7 @@ class FakeBackend:
         """Deterministic logits in [-4, 4]; brighter, busier images get higher first words."""
         self._calls += 1
         if self._fail_after is not None and self._calls > self._fail_after:
+            time.sleep(self._fail_delay_s)
             raise RuntimeError(f"FakeBackend: injected failure after {self._fail_after} batches")
         return [self._one(p) for p in prompts]
 
