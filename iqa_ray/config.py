@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from iqa_ray.errors import ConfigError
 
 # Keys that would put credentials into a config file: rejected, credentials come from the
 # environment or the instance role.
-_SECRET_KEY_PATTERN = re.compile(r"(secret|password|token|credential|(^|_)key$)", re.IGNORECASE)
+_SECRET_KEY_PATTERN = re.compile(r"(secret|password|token|credential|(^|_)key(_id)?$)", re.I)
 DEFAULT_MODEL_ID = "llava-hf/llava-interleave-qwen-0.5b-hf"
 
 
@@ -108,10 +116,10 @@ class ModelConfig(StrictModel):
         None, description="e.g. `sdpa` or `flash_attention_2`; default: transformers' choice."
     )
     max_image_side: int | None = Field(
-        None,
+        1024,
         ge=16,
-        description="Longest side images are resized to before priors and the model "
-        "(None: the processor's own input size, read from the model).",
+        description="Longest side images are downscaled to on CPU before priors and the model "
+        "(the processor resizes again to its input size; keep this >= it). None: full size.",
     )
     word_policy: Literal["single", "first"] = Field(
         "single",
@@ -137,7 +145,9 @@ class MethodSpec(StrictModel):
     method: str = Field(..., description="Registered method name (see `list_methods()`).")
     name: str = Field("", description="Label in the output `method` column (default: method).")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="Method parameters (validated by the method)."
+        default_factory=dict,
+        validate_default=True,  # absent params still resolve to the method's defaults
+        description="Method parameters (validated by the method).",
     )
 
     @model_validator(mode="before")
@@ -149,9 +159,18 @@ class MethodSpec(StrictModel):
             return data
         from iqa_ray.methods import get_method  # registry lookup once, at validation
 
-        method_cls = get_method(data["method"])
-        params = method_cls.Params.model_validate(data.get("params") or {})
-        return {**data, "name": data.get("name") or data["method"], "params": params.model_dump()}
+        get_method(data["method"])  # fail early with a did-you-mean hint
+        return {**data, "name": data.get("name") or data["method"]}
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _validate_params(cls, value: Any, info: ValidationInfo) -> dict[str, Any]:
+        # Validated here rather than in ``_resolve`` so errors read methods.N.params.<key>.
+        from iqa_ray.methods import get_method
+
+        if "method" not in info.data:  # already reported as a missing or invalid field
+            return value
+        return get_method(info.data["method"]).Params.model_validate(value or {}).model_dump()
 
 
 class ImageConfig(StrictModel):
@@ -258,11 +277,16 @@ class RunConfig(StrictModel):
         return hashlib.sha256(canonical_json(self.result_fields()).encode()).hexdigest()
 
     def result_fields(self) -> dict[str, Any]:
-        """Fields that change scores: model, methods with resolved prompts, image guards."""
+        """Fields that change scores: inputs, model, methods with resolved prompts, image guards.
+
+        The input's location is included (two corpora must not share a derived run id); its
+        ``limit`` and ``extensions`` are not, so a run can grow from a sample to the whole set.
+        """
         model = self.model.model_dump(
             include={"id", "revision", "backend", "dtype", "max_image_side", "word_policy"}
         )
         return {
+            "input": self.input.model_dump(include={"uri", "manifest", "manifest_uri_column"}),
             "model": model,
             "methods": [m.model_dump() for m in self.methods],
             "image": self.image.model_dump(),
@@ -286,13 +310,33 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             raise ConfigError(f"override {item!r} must look like a.b.c=value")
         dotted, raw = item.split("=", 1)
         keys = dotted.strip().split(".")
-        node = result
+        if not all(keys):
+            raise ConfigError(f"override {item!r} must look like a.b.c=value")
+        node: Any = result
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {key!r} is not a mapping")
-        node[keys[-1]] = yaml.safe_load(raw)
+            node = _child(node, key, item)
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], item)] = yaml.safe_load(raw)
+        else:
+            node[keys[-1]] = yaml.safe_load(raw)
     return result
+
+
+def _child(node: Any, key: str, item: str) -> Any:
+    """Step into ``node[key]`` of an override path (a dict or a list), creating missing mappings."""
+    if isinstance(node, list):
+        return node[_list_index(node, key, item)]
+    child = node.setdefault(key, {})
+    if not isinstance(child, (dict, list)):
+        raise ConfigError(f"override {item!r}: {key!r} is not a mapping")
+    return child
+
+
+def _list_index(node: list[Any], key: str, item: str) -> int:
+    """A list position in an override path (``methods.0.params.question=...``)."""
+    if not key.isdigit() or int(key) >= len(node):
+        raise ConfigError(f"override {item!r}: {key!r} is not an index of a {len(node)}-item list")
+    return int(key)
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

@@ -18,6 +18,7 @@ from iqa_ray import __version__, io, manifest
 from iqa_ray.config import RunConfig
 from iqa_ray.errors import ConfigError
 from iqa_ray.schema import RETRYABLE_CODES, Col
+from iqa_ray.smoke import SMOKE_WARNING, is_smoke_model
 from iqa_ray.stages import DecodeImages, FetchImages, ScoreImages, write_scores
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,9 @@ def run(cfg: RunConfig) -> RunResult:
         "started_at": datetime.now(timezone.utc).isoformat(), "attempt": attempt,
         "counts_at_start": {"images": table.num_rows, "done": int(len(done)), "pending": todo.num_rows},
     }
+    if cfg.model.backend == "transformers" and is_smoke_model(cfg.model.id):
+        record["smoke_model"] = True
+        logger.warning("%s\n%s\n%s", "!" * 72, SMOKE_WARNING, "!" * 72)
     io.write_json_atomic(paths.run_json, record, opts)
     logger.info("run %s: %d images, %d done, %d pending -> %s", record["run_id"], table.num_rows,
                 len(done), todo.num_rows, paths.root)

@@ -47,6 +47,14 @@ CHAT_TEMPLATE = (
 )
 
 
+MARKER = "SMOKE_MODEL_SCORES_MEAN_NOTHING.txt"
+
+
+def is_smoke_model(model_id: str) -> bool:
+    """True when ``model_id`` is a local folder built by this module (random weights)."""
+    return (Path(model_id.removeprefix("file://")) / MARKER).exists()
+
+
 def build_tokenizer(path: Path) -> None:
     """Train a tiny byte-level BPE tokenizer where every rating word is a single token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -128,5 +136,5 @@ def build_tiny_llava(path: str | Path, *, seed: int = 0, image_size: int = 32) -
         num_additional_image_tokens=1,
     )
     processor.save_pretrained(path)
-    (path / "SMOKE_MODEL_SCORES_MEAN_NOTHING.txt").write_text(SMOKE_WARNING + "\n")
+    (path / MARKER).write_text(SMOKE_WARNING + "\n")
     return path

@@ -1,0 +1,27 @@
+"""The README stays true: its config reference is the generated one, its commands exist."""
+
+from __future__ import annotations
+
+import re
+
+from iqa_ray.config import RunConfig
+from iqa_ray.docs import BEGIN, END, config_reference
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def test_config_reference_is_current() -> None:
+    start, end = README.index(BEGIN), README.index(END) + len(END)
+    assert README[start:end] == config_reference(), "run: python -m iqa_ray.docs, paste into README"
+
+
+def test_every_config_field_is_documented() -> None:
+    for name in RunConfig.model_fields:
+        assert f"`{name}" in README
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "make test" in ci and "make test" in README
+    assert re.search(r"^test:", (REPO / "Makefile").read_text(), re.M)
