@@ -115,8 +115,8 @@ def build_dataset(cfg: RunConfig, pending: pa.Table, scores_uri: str, attempt: i
         ScoreImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.score.batch_size,
         batch_format="numpy", num_cpus=st.score.num_cpus, num_gpus=st.score.num_gpus,
         # A fixed pool: each actor holds a whole model, scaling it up and down costs a reload.
+        # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1).
         compute=ray.data.ActorPoolStrategy(size=st.score.max_actors),
-        max_restarts=-1, max_task_retries=-1,
     )
     return ds.map_batches(
         write_scores, fn_kwargs={"cfg": cfg, "scores_uri": scores_uri, "attempt": attempt},
