@@ -34,9 +34,8 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as exc:
             raise RowError(ErrorCode.TOO_LARGE, str(exc)) from exc
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-            code = ErrorCode.TRUNCATED if "truncated" in str(exc).lower() else ErrorCode.DECODE_FAILED
-            raise RowError(code, f"not a readable image: {exc}") from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise RowError(_failure_code(exc, data), f"not a readable image: {exc}") from exc
         width, height = img.size
         if width * height > max_pixels:
             raise RowError(
@@ -48,17 +47,38 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int) -> np.ndarray:
             img = ImageOps.exif_transpose(img) or img
         except Image.DecompressionBombError as exc:
             raise RowError(ErrorCode.TOO_LARGE, str(exc)) from exc
-        except OSError as exc:
-            code = ErrorCode.TRUNCATED if "truncated" in str(exc).lower() else ErrorCode.DECODE_FAILED
-            raise RowError(code, f"{type(exc).__name__}: {exc}") from exc
-        except (ValueError, SyntaxError, EOFError) as exc:
-            raise RowError(ErrorCode.DECODE_FAILED, f"{type(exc).__name__}: {exc}") from exc
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            raise RowError(_failure_code(exc, data), f"{type(exc).__name__}: {exc}") from exc
     arr = to_rgb_array(img)
     if min(arr.shape[0], arr.shape[1]) < min_side:
         raise RowError(
             ErrorCode.TOO_SMALL, f"{arr.shape[1]}x{arr.shape[0]} has a side below {min_side}"
         )
     return arr
+
+
+def _failure_code(exc: BaseException, data: bytes) -> ErrorCode:
+    """``truncated`` when PIL says so or the file visibly ends early, else ``decode_failed``.
+
+    PIL names truncation only when it is inside the pixel data; a file cut inside its headers
+    reads as "cannot identify" or "cannot load", and a cut WebP as "could not create decoder".
+    """
+    if "truncated" in str(exc).lower() or _ends_early(data):
+        return ErrorCode.TRUNCATED
+    return ErrorCode.DECODE_FAILED
+
+
+def _ends_early(data: bytes) -> bool:
+    """Whether bytes with a known signature lack their format's end (asked after a failure only)."""
+    if data.startswith(b"\xff\xd8"):  # JPEG: ends with the EOI marker
+        return not data.rstrip(b"\x00").endswith(b"\xff\xd9")
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):  # PNG: ends with an IEND chunk
+        return b"IEND" not in data[-16:]
+    if data.startswith((b"GIF87a", b"GIF89a")):  # GIF: ends with the ';' trailer
+        return not data.endswith(b";")
+    if data.startswith(b"RIFF") and len(data) >= 8:  # WebP: RIFF header states the size
+        return len(data) < 8 + int.from_bytes(data[4:8], "little")
+    return False
 
 
 def to_rgb_array(img: Image.Image) -> np.ndarray:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io as _io
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +39,15 @@ _TRANSIENT_NAMES = frozenset(
         "IncompleteReadError",
     }
 )
-_TRANSIENT_WORDS = ("slowdown", "throttl", "internalerror", "serviceunavailable", "503", "500")
+_TRANSIENT_WORDS = ("slowdown", "throttl", "internalerror", "serviceunavailable")
+# HTTP 5xx statuses standing alone: messages also carry object keys such as ".../503.jpg".
+_TRANSIENT_STATUS = re.compile(r"(?<![\w./-])(?:500|502|503|504)(?!\w|\.\w)")
+# s3fs turns S3 error replies into OSErrors whose message names neither code nor status:
+# SlowDown and ServiceUnavailable become EBUSY, InternalError EREMOTEIO.
+_TRANSIENT_ERRNOS = frozenset(
+    {errno.EBUSY, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+     getattr(errno, "EREMOTEIO", errno.EIO)}
+)
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
@@ -81,8 +91,14 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if type(exc).__name__ in _TRANSIENT_NAMES or isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    text = f"{type(exc).__name__} {exc}".lower().replace(" ", "")
-    return any(word in text for word in _TRANSIENT_WORDS)
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    squeezed = text.lower().replace(" ", "")
+    if any(w in squeezed for w in _TRANSIENT_WORDS) or _TRANSIENT_STATUS.search(text):
+        return True
+    # A translated error keeps the client's original one (botocore ClientError) as its cause.
+    return exc.__cause__ is not None and is_transient(exc.__cause__)
 
 
 def read_bytes(
@@ -248,3 +264,57 @@ def delete(uri: str, storage_options: dict[str, Any] | None) -> None:
     fs, path = filesystem(uri, storage_options)
     if fs.exists(path):
         fs.rm_file(path)
+
+
+def copy_object(
+    src: str,
+    dst: str,
+    storage_options: dict[str, Any] | None = None,
+    dst_storage_options: dict[str, Any] | None = None,
+) -> bool:
+    """Copy one object, skipping it when ``dst`` already exists with the same size.
+
+    On one filesystem the copy is ``fs.copy`` (a server-side CopyObject on S3: the bytes never
+    pass through this process); across filesystems the bytes are read and written atomically.
+    ``dst_storage_options`` defaults to ``storage_options``.
+
+    Returns:
+        True if bytes were copied, False if an equal-sized destination made it a no-op.
+    """
+    src_fs, src_path = filesystem(src, storage_options)
+    dst_opts = storage_options if dst_storage_options is None else dst_storage_options
+    dst_fs, dst_path = filesystem(dst, dst_opts)
+    try:
+        dst_size = dst_fs.size(dst_path)
+    except FileNotFoundError:
+        dst_size = None
+    if dst_size is not None and dst_size == src_fs.size(src_path):
+        return False  # idempotent reruns: an object of the same size is taken as already copied
+    same_fs = (src_fs.protocol, src_fs.storage_options) == (dst_fs.protocol, dst_fs.storage_options)
+    if same_fs and not _is_local(dst_fs):
+        src_fs.copy(src_path, dst_path)
+    elif same_fs:
+        # Local copies go through a temporary name, so a crash never leaves a short file behind.
+        Path(dst_path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{dst_path}.tmp-{os.getpid()}-{random.getrandbits(32):08x}"
+        try:
+            src_fs.copy(src_path, tmp)
+            os.replace(tmp, dst_path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+    else:
+        write_bytes_atomic(dst, read_bytes(src, storage_options), dst_opts)
+    return True
+
+
+def pyarrow_filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
+    """(pyarrow filesystem, path without protocol) for Ray readers and Ray Train storage.
+
+    Wraps the same fsspec filesystem as every other function here, so custom endpoints
+    (MinIO, moto) configured in ``storage_options`` work for Ray too.
+    """
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(uri, storage_options)
+    return PyFileSystem(FSSpecHandler(fs)), path

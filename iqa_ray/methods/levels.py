@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from iqa_ray.backends import Prompt
 from iqa_ray.methods.base import ImageBatch, MethodParams, VlmMethod, register_method
@@ -29,13 +29,12 @@ class LevelParams(MethodParams):
         (5.0, 4.0, 3.0, 2.0, 1.0), description="Value of each level word (same order)."
     )
 
-    @field_validator("weights")
-    @classmethod
-    def _same_length(cls, weights: tuple[float, ...], info: Any) -> tuple[float, ...]:
-        words = info.data.get("words", ())
-        if len(weights) != len(words):
-            raise ValueError(f"{len(weights)} weights for {len(words)} words")
-        return weights
+    @model_validator(mode="after")
+    def _same_length(self) -> LevelParams:
+        # After all fields, so a default `weights` is checked against custom `words` too.
+        if len(self.weights) != len(self.words):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.words)} words")
+        return self
 
 
 @register_method("qalign_levels")
