@@ -80,3 +80,29 @@ def assert_reconciled(df: pd.DataFrame, expected_names: set[str], methods: list[
 def parquet_rows(path: str) -> int:
     """Row count of a local Parquet file."""
     return pq.ParquetFile(path).metadata.num_rows
+
+
+def write_score_run(
+    output_uri: str,
+    run_id: str,
+    rows: list[dict[str, Any]],
+    options: dict | None = None,
+    part: str = "part-0",
+) -> str:
+    """Write score rows straight into the run layout (file ``scores/<part>.parquet``); returns
+    the run URI.
+
+    Each row needs uri, method and score; image_id (from the uri), error columns (null),
+    attempt (0) and size (8x8) are filled in when absent.
+    """
+    import pyarrow as pa
+
+    from iqa_ray.manifest import image_id
+    from iqa_ray.outputs import long_schema
+
+    defaults = {"error_code": None, "error_message": None, "attempt": 0, "width": 8, "height": 8}
+    full = [{**defaults, "image_id": image_id(r["uri"]), **r} for r in rows]
+    table = pa.Table.from_pandas(pd.DataFrame(full), schema=long_schema([]), preserve_index=False)
+    run_uri = iqa_io.join(output_uri, "runs", run_id)
+    iqa_io.write_parquet_atomic(iqa_io.join(run_uri, "scores", f"{part}.parquet"), table, options)
+    return run_uri
