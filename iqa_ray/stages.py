@@ -51,6 +51,17 @@ def needed_variants(methods: list[tuple[str, ScoringMethod]]) -> list[VariantSpe
     return list(seen.values())
 
 
+def method_context(cfg: RunConfig) -> MethodContext:
+    """A score actor's context: the lazily loaded shared VLM, plus the run's model and image
+    settings (``options["model"]``, ``options["image"]``) for methods that load their own images.
+    """
+    batch_size = cfg.stages.model_batch_size
+    return MethodContext(
+        vlm_factory=lambda: load_backend(cfg.model, batch_size),
+        options={"model": cfg.model, "image": cfg.image},
+    )
+
+
 class FetchImages:
     """CPU stage: read each object's bytes (threaded: storage reads are latency-bound)."""
 
@@ -142,8 +153,7 @@ class ScoreImages:
     def __init__(self, cfg: RunConfig) -> None:
         self._methods = run_methods(cfg)
         self._variants = needed_variants(self._methods)
-        batch_size = cfg.stages.model_batch_size
-        self._ctx = MethodContext(vlm_factory=lambda: load_backend(cfg.model, batch_size))
+        self._ctx = method_context(cfg)
         for _, method in self._methods:
             method.setup(self._ctx)  # loads the model once and checks every word
         self._schema = outputs.wide_schema(self._methods)

@@ -8,15 +8,13 @@ from scipy.optimize import minimize
 from scipy.stats import norm
 
 from iqa_ray import compare2score_math as c2s
+from iqa_ray.anchors import empty_mos_intervals, select_anchors_by_mos, select_anchors_by_quantiles
 from iqa_ray.compare2score_math import (
     OFFICIAL_ANCHOR_MATRIX,
     anchor_matrix_from_pairs,
     build_comparison_matrix,
-    empty_mos_intervals,
     map_estimate,
     map_estimate_reference_adam,
-    select_anchors_by_mos,
-    select_anchors_by_quantiles,
     soft_comparison,
     torch_cpu_rand,
 )
