@@ -99,6 +99,13 @@ class FakeOptions(StrictModel):
 
     fail_after_batches: int | None = Field(None, ge=0, description="Fail after N batches.")
     fail_delay_s: float = Field(0.0, ge=0, description="Seconds to hang before failing.")
+    delay_s: float = Field(0.0, ge=0, description="Seconds each model batch takes (a slow model).")
+    crash_process_once_marker: str | None = Field(
+        None,
+        description="Marker file: the first actor to reach batch `crash_on_batch` creates it and "
+        "kills its own process (os._exit); later lives see the marker and never crash.",
+    )
+    crash_on_batch: int = Field(1, ge=1, description="Model batch (1-based) the crash happens on.")
 
 
 class ModelConfig(StrictModel):
@@ -106,14 +113,26 @@ class ModelConfig(StrictModel):
 
     id: str = Field(DEFAULT_MODEL_ID, description="Hub id, local directory, or bucket prefix.")
     revision: str | None = Field(None, description="Hub revision (commit sha recommended).")
-    backend: Literal["transformers", "fake"] = Field(
-        "transformers", description="`fake` is a deterministic stand-in for wiring tests only."
+    backend: Literal["transformers", "fake", "vllm"] = Field(
+        "transformers", description="`fake` is a deterministic stand-in for wiring tests only; "
+        "`vllm` needs the `vllm` extra and a GPU (see README 'Performance')."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="`auto`: bfloat16 on GPU, float32 on CPU."
     )
     attn_implementation: str | None = Field(
         None, description="e.g. `sdpa` or `flash_attention_2`; default: transformers' choice."
+    )
+    prefix_sharing: bool = Field(
+        True,
+        description="Compute prompt prefixes shared by several prompts (and repeated images) "
+        "once per batch; same logits within float rounding. Model types not verified for it "
+        "run unshared (logged once).",
+    )
+    vllm_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for `vllm.LLM` (backend `vllm` only), e.g. "
+        "{gpu_memory_utilization: 0.85, max_model_len: 4096}.",
     )
     max_image_side: int | None = Field(
         1024,
@@ -208,6 +227,12 @@ class StagesConfig(StrictModel):
     decode: StageResources = StageResources(batch_size=8, max_actors=4, num_cpus=1.0)
     score: StageResources = StageResources(batch_size=8, min_actors=1, max_actors=1)
     model_batch_size: int = Field(8, ge=1, description="Requests per forward pass.")
+    max_tokens_per_batch: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on padded tokens (rows x longest row, cached prefix included) per "
+        "forward pass, on top of `model_batch_size`; None: rows only.",
+    )
 
 
 class RetryConfig(StrictModel):

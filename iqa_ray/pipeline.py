@@ -144,6 +144,25 @@ def summarize(keys: pa.Table, manifest_table: pa.Table, methods: list[str]) -> d
         "rows_by_method": by_method,
         "rows_by_error_code": dict(sorted(by_code.items())),
         "images_missing": int(np.sum(~np.isin(expected, done))),
+        **status_counts(latest, methods),
+    }
+
+
+def status_counts(latest: pa.Table, methods: list[str]) -> dict[str, Any]:
+    """Current rows by status (ok/error), by method and error code, and the infrastructure
+    failures among them (retryable codes: the job's exit status and ``--retry-errors`` key on it).
+    """
+    per_method: dict[str, dict[str, int]] = {m: {} for m in methods}
+    codes = [c or "ok" for c in latest.column(Col.ERROR_CODE).to_pylist()]
+    for method, code in zip(latest.column(Col.METHOD).to_pylist(), codes, strict=True):
+        if method in per_method:
+            per_method[method][code] = per_method[method].get(code, 0) + 1
+    ok = codes.count("ok")
+    return {
+        "rows_by_status": {"ok": ok, "error": len(codes) - ok},
+        "rows_by_method_and_error_code": {m: dict(sorted(c.items())) for m, c in
+                                          per_method.items()},
+        "infra_failures": sum(code in RETRYABLE_CODES for code in codes),
     }
 
 

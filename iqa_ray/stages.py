@@ -55,9 +55,9 @@ def method_context(cfg: RunConfig) -> MethodContext:
     """A score actor's context: the lazily loaded shared VLM, plus the run's model and image
     settings (``options["model"]``, ``options["image"]``) for methods that load their own images.
     """
-    batch_size = cfg.stages.model_batch_size
+    batch_size, max_tokens = cfg.stages.model_batch_size, cfg.stages.max_tokens_per_batch
     return MethodContext(
-        vlm_factory=lambda: load_backend(cfg.model, batch_size),
+        vlm_factory=lambda: load_backend(cfg.model, batch_size, max_tokens),
         options={"model": cfg.model, "image": cfg.image},
     )
 

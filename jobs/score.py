@@ -2,6 +2,11 @@
 
 Runs on an embedded local Ray, or on a cluster via
 `ray job submit --working-dir . -- python jobs/score.py --config ...`.
+
+Exit status: 0 every image has its rows; 2 configuration error (nothing written); 3 some rows
+failed for an infrastructure reason (`fetch_failed`, `model_error`: rerun with `--retry-errors`;
+set `fail_on_infra_errors: false` to exit 0 instead); 1 the run itself failed (a rerun with the
+same run id resumes). Counts by status, method and error code are in `<run>/run.json`.
 """
 
 from __future__ import annotations

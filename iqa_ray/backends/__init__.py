@@ -42,14 +42,23 @@ class VlmBackend(Protocol):
         """Logits (float64, one per word) of each prompt, or a RowError for a failed prompt."""
 
 
-def load_backend(cfg: ModelConfig, batch_size: int = 8) -> VlmBackend:
+def load_backend(
+    cfg: ModelConfig, batch_size: int = 8, max_tokens_per_batch: int | None = None
+) -> VlmBackend:
     """Construct the configured backend (heavy imports happen inside the constructor)."""
     if cfg.backend == "fake":
         from iqa_ray.backends.fake import FakeBackend
 
-        return FakeBackend(cfg.fake.fail_after_batches, cfg.fake.fail_delay_s)
+        return FakeBackend(
+            cfg.fake.fail_after_batches, cfg.fake.fail_delay_s, delay_s=cfg.fake.delay_s,
+            crash_marker=cfg.fake.crash_process_once_marker, crash_on_batch=cfg.fake.crash_on_batch,
+        )
     if cfg.backend == "transformers":
         from iqa_ray.backends.hf import TransformersBackend
 
-        return TransformersBackend(cfg, batch_size=batch_size)
+        return TransformersBackend(cfg, batch_size, max_tokens_per_batch)
+    if cfg.backend == "vllm":
+        from iqa_ray.backends.vllm_backend import VllmBackend
+
+        return VllmBackend(cfg)
     raise ConfigError(f"unknown backend {cfg.backend!r}")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,11 +21,27 @@ class FakeBackend:
             on the call after this many calls; used to test crash-and-resume.
         fail_delay_s: hang this long before failing, as a dying device often does, so that
             earlier batches reach the bucket first.
+        delay_s: sleep this long in every call (a slow model: lets a test kill a run mid-way).
+        crash_marker: a file path; on call ``crash_on_batch`` the first process to get there
+            creates it and exits at once (``os._exit``, as an OOM-killed worker does). A
+            restarted actor finds the marker and carries on, so the crash happens once.
+        crash_on_batch: the 1-based call that crashes.
     """
 
-    def __init__(self, fail_after_batches: int | None = None, fail_delay_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        fail_after_batches: int | None = None,
+        fail_delay_s: float = 0.0,
+        *,
+        delay_s: float = 0.0,
+        crash_marker: str | None = None,
+        crash_on_batch: int = 1,
+    ) -> None:
         self._fail_after = fail_after_batches
         self._fail_delay_s = fail_delay_s
+        self._delay_s = delay_s
+        self._crash_marker = crash_marker
+        self._crash_on_batch = crash_on_batch
         self._calls = 0
 
     def check_words(self, templates: list[Prompt]) -> None:
@@ -32,10 +50,24 @@ class FakeBackend:
     def next_token_logits(self, prompts: list[Prompt]) -> list[np.ndarray | RowError]:
         """Deterministic logits in [-4, 4]; brighter, busier images get higher first words."""
         self._calls += 1
+        time.sleep(self._delay_s)
+        if self._crash_marker is not None and self._calls == self._crash_on_batch:
+            self._crash_once(Path(self._crash_marker))
         if self._fail_after is not None and self._calls > self._fail_after:
             time.sleep(self._fail_delay_s)
             raise RuntimeError(f"FakeBackend: injected failure after {self._fail_after} batches")
         return [self._one(p) for p in prompts]
+
+    @staticmethod
+    def _crash_once(marker: Path) -> None:
+        """Kill this process unless a previous life already did (exclusive create = one winner)."""
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            with open(marker, "x") as handle:
+                handle.write(f"{os.getpid()}\n")
+        except FileExistsError:
+            return
+        os._exit(17)  # no cleanup, no exception: the process is simply gone mid-batch
 
     @staticmethod
     def _one(prompt: Prompt) -> np.ndarray:
