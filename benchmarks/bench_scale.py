@@ -34,29 +34,55 @@ def make_corpus(folder: Path, n: int) -> None:
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(sub / f"{i:07d}.png")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process from /proc (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def descendants(root: int) -> list[int]:
+    """PIDs of every process below ``root`` (from the parent links in /proc/*/stat)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                parent[int(entry.name)] = int(fields[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = [], [root]
+    while frontier:
+        current = frontier.pop()
+        kids = [pid for pid, ppid in parent.items() if ppid == current]
+        found += kids
+        frontier += kids
+    return found
+
+
 def child(images: str, out: str, temp: str) -> None:
     """One run in this process; prints a JSON line with timings and memory peaks."""
-    import psutil
+    import os
+
     import ray
 
     from iqa_ray.config import RunConfig
     from iqa_ray.pipeline import run
 
-    me = psutil.Process()
+    me = os.getpid()
     peaks = {"driver": 0, "worker_max": 0, "workers_sum": 0}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peaks["driver"] = max(peaks["driver"], me.memory_info().rss)
-            rss = []
+            peaks["driver"] = max(peaks["driver"], rss_bytes(me))
             # The local Ray started by this process (GCS, raylet, workers) descends from it;
             # other clusters on the machine do not.
-            for proc in me.children(recursive=True):
-                try:
-                    rss.append(proc.memory_info().rss)
-                except psutil.Error:
-                    pass
+            rss = [r for r in (rss_bytes(pid) for pid in descendants(me)) if r]
             if rss:
                 peaks["worker_max"] = max(peaks["worker_max"], max(rss))
                 peaks["workers_sum"] = max(peaks["workers_sum"], sum(rss))
