@@ -58,7 +58,9 @@ class InputConfig(StrictModel):
 
     uri: str | None = Field(None, description="Folder or bucket prefix to list for images.")
     manifest: str | None = Field(
-        None, description="Parquet or CSV table with a `uri` column (alternative to `uri`)."
+        None,
+        description="Manifest instead of `uri`: a Parquet/CSV table with a URI column, a folder or "
+        "glob of such shards, an S3 Inventory `manifest.json`, or tables with `bucket`+`key`.",
     )
     manifest_uri_column: str = Field("uri", description="Column of the manifest holding URIs.")
     extensions: tuple[str, ...] = Field(
@@ -69,7 +71,17 @@ class InputConfig(StrictModel):
         default_factory=dict,
         description="fsspec options without secrets, e.g. {client_kwargs: {endpoint_url: ...}}.",
     )
-    limit: int | None = Field(None, ge=1, description="Score only the first N images (sorted).")
+    limit: int | None = Field(
+        None, ge=1, description="Score only the first N images (manifest order: by URI within each shard)."
+    )
+    shard_rows: int = Field(
+        200_000, ge=1,
+        description="Images per manifest shard written under the run folder (`manifest/part-*.parquet`).",
+    )
+    list_parallelism: int = Field(
+        64, ge=1,
+        description="Listing tasks wanted: the driver explores sub-prefixes until it has this many.",
+    )
 
     _check_options = field_validator("storage_options")(_check_storage_options)
 

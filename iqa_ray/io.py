@@ -266,6 +266,14 @@ def delete(uri: str, storage_options: dict[str, Any] | None) -> None:
         fs.rm_file(path)
 
 
+def delete_tree(uri: str, storage_options: dict[str, Any] | None) -> None:
+    """Remove a folder (prefix) and everything under it, if it exists."""
+    fs, path = filesystem(uri, storage_options)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+    fs.invalidate_cache(path)
+
+
 def copy_object(
     src: str,
     dst: str,

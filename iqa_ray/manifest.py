@@ -39,18 +39,14 @@ def manifest_table(uris: list[str]) -> pa.Table:
 
 
 def build_manifest(cfg: InputConfig) -> pa.Table:
-    """List the input prefix, or read the user's manifest table, into (image_id, uri) rows."""
-    if cfg.manifest is not None:
-        table = io.read_table_file(cfg.manifest, cfg.storage_options)
-        if cfg.manifest_uri_column not in table.column_names:
-            raise ConfigError(
-                f"manifest {cfg.manifest!r} has no column {cfg.manifest_uri_column!r} "
-                f"(columns: {table.column_names})"
-            )
-        uris = [u for u in table.column(cfg.manifest_uri_column).to_pylist() if u]
-    else:
-        assert cfg.uri is not None  # guaranteed by InputConfig validation
-        uris = io.list_files(cfg.uri, cfg.storage_options, cfg.extensions)
+    """The whole manifest in this process, as (image_id, uri) rows sorted by URI.
+
+    For small inputs (anchor sets, tests, tools); the scoring job builds Parquet shards with
+    :func:`iqa_ray.listing.build_shards` instead, so the driver never holds every URI.
+    """
+    from iqa_ray import listing
+
+    uris = [u for unit in listing.plan_units(cfg, parallelism=1) for u in listing.unit_uris(unit, cfg)]
     table = manifest_table(uris)
     if cfg.limit is not None:
         table = table.slice(0, cfg.limit)
@@ -73,35 +69,47 @@ def load_score_keys(scores_uri: str, storage_options: dict[str, Any] | None) -> 
     return pa.concat_tables(tables)
 
 
+def _latest_positions(keys: pa.Table) -> np.ndarray:
+    """Row positions of the highest attempt per (image_id, method), sorted by id then method.
+
+    Works on integer arrays (ids, method codes, attempts) so that resuming a corpus of many
+    millions of rows costs tens of bytes per row, not Python objects.
+    """
+    ids = keys.column(Col.IMAGE_ID).to_numpy()
+    methods = keys.column(Col.METHOD)
+    names = pc.unique(methods)
+    names = names.take(pc.array_sort_indices(names))
+    codes = pc.fill_null(pc.index_in(methods, value_set=names), -1).to_numpy()
+    attempts = pc.fill_null(keys.column(Col.ATTEMPT), 0).to_numpy().astype(np.int64)
+    order = np.lexsort((-attempts, codes, ids))
+    del attempts
+    sorted_ids, sorted_codes = ids[order], codes[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (sorted_ids[1:] != sorted_ids[:-1]) | (sorted_codes[1:] != sorted_codes[:-1])
+    return order[first]
+
+
 def latest_rows(keys: pa.Table) -> pa.Table:
     """Keep, per (image_id, method), the row of the highest attempt (later tries supersede)."""
     if keys.num_rows == 0:
         return keys
-    order = pc.sort_indices(
-        keys, sort_keys=[(Col.IMAGE_ID, "ascending"), (Col.METHOD, "ascending"), (Col.ATTEMPT, "descending")]
-    )
-    keys = keys.take(order)
-    ids = keys.column(Col.IMAGE_ID).to_numpy()
-    methods = keys.column(Col.METHOD).to_numpy(zero_copy_only=False)
-    first = np.ones(len(ids), dtype=bool)
-    first[1:] = (ids[1:] != ids[:-1]) | (methods[1:] != methods[:-1])
-    return keys.filter(pa.array(first))
+    return keys.take(pa.array(_latest_positions(keys)))
 
 
 def done_ids(keys: pa.Table, methods: list[str], retry_errors: bool) -> np.ndarray:
     """Ids of images with a current row for every method (and, when retrying, no retryable error)."""
-    latest = latest_rows(keys)
-    if latest.num_rows == 0:
+    if keys.num_rows == 0:
         return np.array([], dtype=np.int64)
-    mask = pc.is_in(latest.column(Col.METHOD), pa.array(methods, pa.string()))
-    latest = latest.filter(mask)
-    ids = latest.column(Col.IMAGE_ID).to_numpy()
+    positions = _latest_positions(keys)
+    wanted = pc.fill_null(pc.is_in(keys.column(Col.METHOD), pa.array(methods, pa.string())), False)
+    positions = positions[wanted.to_numpy(zero_copy_only=False)[positions]]
+    ids = keys.column(Col.IMAGE_ID).to_numpy()[positions]
     unique, counts = np.unique(ids, return_counts=True)
     complete = unique[counts == len(methods)]
     if retry_errors:
-        codes = latest.column(Col.ERROR_CODE)
+        codes = keys.column(Col.ERROR_CODE)
         retry = pc.fill_null(pc.is_in(codes, pa.array(sorted(RETRYABLE_CODES), pa.string())), False)
-        complete = np.setdiff1d(complete, ids[retry.to_numpy(zero_copy_only=False)])
+        complete = np.setdiff1d(complete, ids[retry.to_numpy(zero_copy_only=False)[positions]])
     return complete.astype(np.int64)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from iqa_ray import __version__, io, manifest
+from iqa_ray import __version__, io, listing, manifest
 from iqa_ray.config import RunConfig
 from iqa_ray.errors import ConfigError
 from iqa_ray.schema import RETRYABLE_CODES, Col
@@ -38,6 +38,10 @@ class RunPaths:
     @property
     def scores(self) -> str:
         return io.join(self.root, "scores")
+
+    @property
+    def manifest(self) -> str:
+        return io.join(self.root, "manifest")
 
     @property
     def success(self) -> str:
@@ -93,14 +97,23 @@ def check_fingerprint(cfg: RunConfig, paths: RunPaths) -> dict[str, Any] | None:
     return stored
 
 
-def build_dataset(cfg: RunConfig, pending: pa.Table, scores_uri: str, attempt: int) -> Any:
-    """The lazy Ray Data plan over the pending images (no shuffle; one output row per file)."""
+def build_dataset(cfg: RunConfig, shards: listing.Shards, done: np.ndarray, scores_uri: str,
+                  attempt: int) -> Any:
+    """The lazy Ray Data plan over the manifest shards' pending images (no shuffle; one output
+    row per file). Done images are dropped by a filter stage, so the driver never holds URIs.
+    """
     import ray
 
     st = cfg.stages
-    block_rows = max(st.fetch.batch_size, math.ceil(pending.num_rows / _MAX_BLOCKS))
-    blocks = [pending.slice(i, block_rows) for i in range(0, pending.num_rows, block_rows)]
-    ds = ray.data.from_arrow(blocks)
+    pafs, _ = io.pyarrow_filesystem(shards.uris[0], cfg.output.storage_options)
+    paths = [io.pyarrow_filesystem(u, cfg.output.storage_options)[1] for u in shards.uris]
+    ds = ray.data.read_parquet(paths, filesystem=pafs, columns=[Col.IMAGE_ID, Col.URI])
+    if len(done):
+        ds = ds.map_batches(drop_done, fn_kwargs={"done": [ray.put(done)]}, batch_size=None,
+                            batch_format="pyarrow", num_cpus=0.25)
+    # Small blocks spread the fetch work over the pool (a shard is one block when read).
+    block_rows = max(st.fetch.batch_size, math.ceil(shards.pending_images / _MAX_BLOCKS))
+    ds = ds.repartition(target_num_rows_per_block=block_rows)
     ds = ds.map_batches(
         FetchImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.fetch.batch_size,
         batch_format="numpy", num_cpus=st.fetch.num_cpus,
@@ -124,28 +137,47 @@ def build_dataset(cfg: RunConfig, pending: pa.Table, scores_uri: str, attempt: i
     )
 
 
-def summarize(keys: pa.Table, manifest_table: pa.Table, methods: list[str]) -> dict[str, Any]:
+def drop_done(batch: pa.Table, done: list[Any]) -> pa.Table:
+    """Filter stage: manifest rows whose image is not done (``done``: [object ref of ids])."""
+    import ray
+
+    ids = ray.get(done[0])
+    return batch.filter(pa.array(~np.isin(batch.column(Col.IMAGE_ID).to_numpy(), ids)))
+
+
+def summarize(keys: pa.Table, shards: listing.Shards, methods: list[str],
+              storage_options: dict[str, Any]) -> dict[str, Any]:
     """Counts derived from the committed rows: by method and error code, and reconciliation."""
     latest = manifest.latest_rows(keys)
-    codes = latest.column(Col.ERROR_CODE).to_pylist()
+    counts = _counts(latest)
     by_code: dict[str, int] = {}
-    for code in codes:
-        by_code[code or "ok"] = by_code.get(code or "ok", 0) + 1
-    by_method = {m: int(np.sum(latest.column(Col.METHOD).to_numpy(zero_copy_only=False) == m)) for m in methods}
+    for (_, code), n in counts.items():
+        by_code[code] = by_code.get(code, 0) + n
     done = manifest.done_ids(keys, methods, retry_errors=False)
-    expected = manifest_table.column(Col.IMAGE_ID).to_numpy()
     return {
-        "images": int(len(expected)),
+        "images": shards.images,
+        "manifest_shards": len(shards.uris),
         "methods": methods,
-        "rows_expected": int(len(expected) * len(methods)),
+        "rows_expected": int(shards.images * len(methods)),
         "rows_written": int(keys.num_rows),
         "rows_current": int(latest.num_rows),
         "rows_superseded": int(keys.num_rows - latest.num_rows),
-        "rows_by_method": by_method,
+        "rows_by_method": {m: sum(n for (mm, _), n in counts.items() if mm == m) for m in methods},
         "rows_by_error_code": dict(sorted(by_code.items())),
-        "images_missing": int(np.sum(~np.isin(expected, done))),
+        "images_missing": listing.missing_images(shards, storage_options, done),
         **status_counts(latest, methods),
     }
+
+
+def _counts(latest: pa.Table) -> dict[tuple[str, str], int]:
+    """Current rows per (method, error code or "ok"), aggregated in Arrow (no per-row objects)."""
+    if latest.num_rows == 0:
+        return {}
+    grouped = latest.select([Col.METHOD, Col.ERROR_CODE]).group_by(
+        [Col.METHOD, Col.ERROR_CODE]).aggregate([([], "count_all")])
+    return {(m, c or "ok"): int(n) for m, c, n in zip(
+        grouped.column(Col.METHOD).to_pylist(), grouped.column(Col.ERROR_CODE).to_pylist(),
+        grouped.column("count_all").to_pylist(), strict=True)}
 
 
 def status_counts(latest: pa.Table, methods: list[str]) -> dict[str, Any]:
@@ -153,16 +185,20 @@ def status_counts(latest: pa.Table, methods: list[str]) -> dict[str, Any]:
     failures among them (retryable codes: the job's exit status and ``--retry-errors`` key on it).
     """
     per_method: dict[str, dict[str, int]] = {m: {} for m in methods}
-    codes = [c or "ok" for c in latest.column(Col.ERROR_CODE).to_pylist()]
-    for method, code in zip(latest.column(Col.METHOD).to_pylist(), codes, strict=True):
+    ok = errors = infra = 0
+    for (method, code), n in _counts(latest).items():
         if method in per_method:
-            per_method[method][code] = per_method[method].get(code, 0) + 1
-    ok = codes.count("ok")
+            per_method[method][code] = n
+        if code == "ok":
+            ok += n
+        else:
+            errors += n
+        infra += n if code in RETRYABLE_CODES else 0
     return {
-        "rows_by_status": {"ok": ok, "error": len(codes) - ok},
+        "rows_by_status": {"ok": ok, "error": errors},
         "rows_by_method_and_error_code": {m: dict(sorted(c.items())) for m, c in
                                           per_method.items()},
-        "infra_failures": sum(code in RETRYABLE_CODES for code in codes),
+        "infra_failures": infra,
     }
 
 
@@ -176,27 +212,30 @@ def run(cfg: RunConfig) -> RunResult:
     opts = cfg.output.storage_options
     check_fingerprint(cfg, paths)
     methods = [m.name for m in cfg.methods]
-    table = manifest.build_manifest(cfg.input)
     keys = manifest.load_score_keys(paths.scores, opts)
     done = manifest.done_ids(keys, methods, cfg.retry_errors)
-    todo = manifest.pending(table, done)
     attempt = manifest.next_attempt(keys)
+    del keys
+    shards = listing.build_shards(cfg.input, paths.manifest, opts, done, cfg.input.shard_rows,
+                                  cfg.input.list_parallelism)
+    images, pending = shards.images, shards.pending_images
     record = {
         "run_id": cfg.resolved_run_id(), "fingerprint": cfg.fingerprint(),
         "config": cfg.model_dump(mode="json"), "versions": versions(), "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(), "attempt": attempt,
-        "counts_at_start": {"images": table.num_rows, "done": int(len(done)), "pending": todo.num_rows},
+        "counts_at_start": {"images": images, "done": images - pending, "pending": pending,
+                            "manifest_shards": len(shards.uris)},
     }
     if cfg.model.backend == "transformers" and is_smoke_model(cfg.model.id):
         record["smoke_model"] = True
         logger.warning("%s\n%s\n%s", "!" * 72, SMOKE_WARNING, "!" * 72)
     io.write_json_atomic(paths.run_json, record, opts)
-    logger.info("run %s: %d images, %d done, %d pending -> %s", record["run_id"], table.num_rows,
-                len(done), todo.num_rows, paths.root)
-    if todo.num_rows:
+    logger.info("run %s: %d images in %d manifest shards, %d done, %d pending -> %s",
+                record["run_id"], images, len(shards.uris), images - pending, pending, paths.root)
+    if pending:
         io.delete(paths.success, opts)  # not complete again until every pending image is written
-        _execute(build_dataset(cfg, todo, paths.scores, attempt), todo.num_rows)
-    summary = summarize(manifest.load_score_keys(paths.scores, opts), table, methods)
+        _execute(build_dataset(cfg, shards, done, paths.scores, attempt), pending)
+    summary = summarize(manifest.load_score_keys(paths.scores, opts), shards, methods, opts)
     if summary["images_missing"]:
         raise RuntimeError(f"{summary['images_missing']} images have no committed rows: rerun to resume")
     record.update(status="complete", finished_at=datetime.now(timezone.utc).isoformat(), summary=summary)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -90,7 +91,7 @@ def s3_bucket(moto_endpoint: str, request: pytest.FixtureRequest) -> tuple[str, 
     """A fresh bucket on the moto server: (s3://name, storage_options)."""
     import s3fs
 
-    name = "b-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = "b-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
     options = {"client_kwargs": {"endpoint_url": moto_endpoint}, "skip_instance_cache": True}
     fs = s3fs.S3FileSystem(**options)
     if not fs.exists(name):

@@ -79,7 +79,9 @@ def test_changed_prompt_under_same_run_id_is_refused(tmp_path: Path) -> None:
 def test_crash_then_resume_has_no_duplicates_or_gaps(tmp_path: Path) -> None:
     expected = make_corpus(tmp_path / "images", 30)
     out = str(tmp_path / "out")
-    crashing = config(str(tmp_path / "images"), out, run_id="crash",
+    # A manifest of several shards (33 images, 10 per shard), as a large corpus would have.
+    sharded = {"uri": str(tmp_path / "images"), "shard_rows": 10}
+    crashing = config(str(tmp_path / "images"), out, run_id="crash", input=sharded,
                       model={"backend": "fake", "fake": {"fail_after_batches": 4, "fail_delay_s": 8}})
     with pytest.raises(Exception, match="injected failure"):
         run(crashing)
@@ -88,9 +90,12 @@ def test_crash_then_resume_has_no_duplicates_or_gaps(tmp_path: Path) -> None:
     assert 0 < partial["image_id"].nunique() < len(expected), "the crash must leave partial output"
     assert not (Path(run_uri) / "_SUCCESS").exists()
     # Same run id, same result-affecting config (the failure knob is not part of it): resume.
-    result = run(config(str(tmp_path / "images"), out, run_id="crash"))
+    result = run(config(str(tmp_path / "images"), out, run_id="crash", input=sharded))
     df = read_scores(result.uri)
     assert_reconciled(df, set(expected), METHODS)
+    record = json.loads((Path(result.uri) / "run.json").read_text())
+    assert record["summary"]["manifest_shards"] == 4 == len(list(Path(result.uri, "manifest").iterdir()))
+    assert record["counts_at_start"]["pending"] == len(expected) - partial["image_id"].nunique()
     # Rows committed before the crash were kept, not recomputed.
     kept = df.merge(partial, on=["image_id", "method"], suffixes=("", "_before"))
     assert len(kept) == len(partial)

@@ -1,0 +1,420 @@
+"""Manifests at corpus scale: sources split into units, units into deduplicated Parquet shards.
+
+A source is a prefix to list, or manifest tables: one file, a folder or glob of shards, or an
+S3 Inventory report (its ``manifest.json``; Parquet or CSV data files, or any table with
+``bucket`` and ``key`` columns). The source is cut into *units* (a group of sub-prefixes listed
+recursively, a group of loose files, a row-group slice of a Parquet manifest, a CSV file):
+
+1. one task per unit turns it into (image_id, uri) rows sorted by id, in a part file with small
+   row groups;
+2. one task per id range reads the overlapping row groups of every part, drops duplicate URIs,
+   rejects id collisions, sorts by URI and writes ``<run>/manifest/part-NNNNN.parquet``.
+
+The driver holds the unit list and counts, never the URIs, so listing a prefix of millions of
+keys is spread over the cluster. With one unit everything runs in the calling process.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from iqa_ray import io
+from iqa_ray.config import InputConfig
+from iqa_ray.errors import ConfigError
+from iqa_ray.schema import Col
+
+MANIFEST_SCHEMA = pa.schema([(Col.IMAGE_ID, pa.int64()), (Col.URI, pa.string())])
+_ID_SPACE = 1 << 63  # image ids are non-negative int64
+_ROW_GROUP = 16_384  # rows per Parquet row group in parts and shards: cheap range pruning
+_LOOSE_PER_UNIT = 50_000  # loose files listed by the driver are handed out in groups of this
+_PARQUET_ROWS_PER_UNIT = 1_000_000  # a Parquet manifest is read in slices of about this many rows
+_MAX_DEPTH = 4  # sub-prefix levels explored by the driver when looking for parallelism
+_TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a source, turned into rows by one task."""
+
+    kind: str  # "prefixes" (listed recursively), "uris" (already listed), "table" (a manifest file)
+    items: tuple[str, ...]
+    row_groups: tuple[int, int] | None = None  # Parquet slice [start, stop) of a "table" unit
+    csv_columns: tuple[str, ...] | None = None  # names for a header-less CSV (S3 Inventory)
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The run's manifest: Parquet shards of (image_id, uri), and per-shard counts."""
+
+    uris: tuple[str, ...]
+    rows: tuple[int, ...]
+    pending: tuple[int, ...]
+
+    @property
+    def images(self) -> int:
+        return sum(self.rows)
+
+    @property
+    def pending_images(self) -> int:
+        return sum(self.pending)
+
+
+# --- sources into units -------------------------------------------------------------------------
+
+
+def plan_units(cfg: InputConfig, parallelism: int) -> list[Unit]:
+    """Cut the input into units (the driver lists at most a few prefix levels to find them)."""
+    if cfg.manifest is None:
+        assert cfg.uri is not None  # guaranteed by InputConfig validation
+        return _prefix_units(cfg, parallelism)
+    if cfg.manifest.endswith("manifest.json"):
+        return _inventory_units(cfg)
+    return [unit for path in _manifest_files(cfg) for unit in _table_units(path, cfg.storage_options)]
+
+
+def _prefix_units(cfg: InputConfig, parallelism: int) -> list[Unit]:
+    """Breadth-first over sub-prefixes until there are enough to list in parallel."""
+    fs, root = io.filesystem(cfg.uri or "", cfg.storage_options)
+    if not fs.exists(root):
+        raise ConfigError(f"input prefix {cfg.uri!r} does not exist or is not readable")
+    wanted = tuple(e.lower() for e in cfg.extensions)
+    level, loose = [root], []
+    for _ in range(_MAX_DEPTH):
+        if len(level) >= parallelism:
+            break
+        below = []
+        for folder in level:
+            for entry in fs.ls(folder, detail=True):
+                if entry["type"] == "directory":
+                    below.append(entry["name"])
+                elif entry["name"].lower().endswith(wanted):
+                    loose.append(io.to_uri(fs, entry["name"]))
+        fs.invalidate_cache()  # listings of millions of keys must not stay in fsspec's cache
+        level = sorted(below)
+    per_unit = max(1, math.ceil(len(level) / parallelism))
+    units = [Unit("prefixes", tuple(group)) for group in _chunks(level, per_unit)]
+    loose.sort()
+    units += [Unit("uris", tuple(group)) for group in _chunks(loose, _LOOSE_PER_UNIT)]
+    return units or [Unit("uris", ())]
+
+
+def _manifest_files(cfg: InputConfig) -> list[str]:
+    """The table files of a manifest: one file, every table file under a folder, or a glob."""
+    assert cfg.manifest is not None
+    fs, path = io.filesystem(cfg.manifest, cfg.storage_options)
+    if any(ch in path for ch in "*?["):
+        found = fs.glob(path)
+    elif fs.isdir(path):
+        found = [p for p in fs.find(path) if p.lower().endswith(_TABLE_SUFFIXES)]
+    elif fs.exists(path):
+        found = [path]
+    else:
+        raise ConfigError(f"manifest {cfg.manifest!r} does not exist or is not readable")
+    if not found:
+        raise ConfigError(f"manifest {cfg.manifest!r} names no Parquet or CSV files")
+    return [io.to_uri(fs, p) for p in sorted(found)]
+
+
+def _table_units(uri: str, storage_options: dict[str, Any], csv_columns: tuple[str, ...] | None = None) -> list[Unit]:
+    """A CSV file is one unit; a Parquet file is cut into slices of whole row groups."""
+    if uri.lower().endswith((".csv", ".csv.gz")):
+        return [Unit("table", (uri,), csv_columns=csv_columns)]
+    fs, path = io.filesystem(uri, storage_options)
+    with fs.open(path, "rb") as handle:
+        meta = pq.ParquetFile(handle).metadata
+    units, start, rows = [], 0, 0
+    for i in range(meta.num_row_groups):
+        rows += meta.row_group(i).num_rows
+        if rows >= _PARQUET_ROWS_PER_UNIT:
+            units.append(Unit("table", (uri,), row_groups=(start, i + 1)))
+            start, rows = i + 1, 0
+    if start < meta.num_row_groups or not units:
+        units.append(Unit("table", (uri,), row_groups=(start, meta.num_row_groups)))
+    return units
+
+
+def _inventory_units(cfg: InputConfig) -> list[Unit]:
+    """An S3 Inventory ``manifest.json``: its data files live in the destination bucket."""
+    assert cfg.manifest is not None
+    report = io.read_json(cfg.manifest, cfg.storage_options)
+    try:
+        fmt = str(report["fileFormat"]).lower()
+        destination = str(report["destinationBucket"]).split(":::")[-1]
+        keys = [f["key"] for f in report["files"]]
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{cfg.manifest!r} is not an S3 Inventory manifest.json: {exc!r}") from exc
+    if fmt not in ("parquet", "csv"):
+        raise ConfigError(f"S3 Inventory format {fmt!r} is not supported (use Parquet or CSV)")
+    scheme = cfg.manifest.split("://", 1)[0] if "://" in cfg.manifest else "s3"
+    columns = None
+    if fmt == "csv":
+        columns = tuple(_snake(c) for c in str(report.get("fileSchema", "")).split(","))
+    units = []
+    for key in keys:
+        data_uri = f"{scheme}://{destination}/{key}"
+        units += _table_units(data_uri, cfg.storage_options, csv_columns=columns)
+    return units
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _snake(name: str) -> str:
+    """S3 Inventory column names: ``IsDeleteMarker`` in CSV schemas, ``is_delete_marker`` in Parquet."""
+    name = name.strip()
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
+
+
+# --- units into rows ----------------------------------------------------------------------------
+
+
+def unit_uris(unit: Unit, cfg: InputConfig) -> list[str]:
+    """Every URI of one unit (extension-filtered for listings and inventories)."""
+    if unit.kind == "uris":
+        return list(unit.items)
+    if unit.kind == "prefixes":
+        fs, _ = io.filesystem(unit.items[0], cfg.storage_options)
+        wanted = tuple(e.lower() for e in cfg.extensions)
+        found = []
+        for prefix in unit.items:
+            found += [io.to_uri(fs, p) for p in fs.find(prefix) if p.lower().endswith(wanted)]
+            fs.invalidate_cache()
+        return found
+    return _table_rows(unit, cfg)
+
+
+def _table_rows(unit: Unit, cfg: InputConfig) -> list[str]:
+    uri = unit.items[0]
+    fs, path = io.filesystem(uri, cfg.storage_options)
+    if unit.row_groups is not None:
+        with fs.open(path, "rb") as handle:
+            table = pq.ParquetFile(handle).read_row_groups(list(range(*unit.row_groups)))
+    else:
+        import pyarrow.csv as pacsv
+
+        read = pacsv.ReadOptions(column_names=list(unit.csv_columns)) if unit.csv_columns else None
+        with fs.open(path, "rb", compression="infer") as handle:
+            table = pacsv.read_csv(handle, read_options=read)
+    return table_uris(table, cfg, source=uri, url_encoded=unit.csv_columns is not None)
+
+
+def table_uris(table: pa.Table, cfg: InputConfig, source: str, url_encoded: bool = False) -> list[str]:
+    """URIs of a manifest table: its URI column, or ``bucket`` + ``key`` (S3 Inventory style).
+
+    Inventory rows that are delete markers or non-current versions are dropped and keys are
+    extension-filtered (an inventory lists every object); CSV inventory keys are URL-encoded.
+    """
+    column = cfg.manifest_uri_column
+    if column in table.column_names:
+        return [u for u in table.column(column).to_pylist() if u]
+    table = table.rename_columns([_snake(c) for c in table.column_names])
+    if not {"bucket", "key"} <= set(table.column_names):
+        raise ConfigError(
+            f"manifest {source!r} has no column {column!r} "
+            f"(columns: {table.column_names}); an S3 Inventory table needs bucket and key"
+        )
+    keep = pa.array(np.ones(table.num_rows, dtype=bool))
+    if "is_delete_marker" in table.column_names:
+        keep = pc.and_(keep, pc.invert(pc.fill_null(_flag(table, "is_delete_marker"), False)))
+    if "is_latest" in table.column_names:
+        keep = pc.and_(keep, pc.fill_null(_flag(table, "is_latest"), True))
+    table = table.filter(keep)
+    wanted = tuple(e.lower() for e in cfg.extensions)
+    scheme = "s3"
+    out = []
+    for bucket, key in zip(table.column("bucket").to_pylist(), table.column("key").to_pylist(), strict=True):
+        if not bucket or not key:
+            continue
+        key = unquote_plus(key) if url_encoded else key
+        if key.lower().endswith(wanted):
+            out.append(f"{scheme}://{bucket}/{key}")
+    return out
+
+
+def _flag(table: pa.Table, name: str) -> pa.ChunkedArray:
+    """A boolean inventory column (CSV inventories write "true"/"false" strings)."""
+    column = table.column(name)
+    if pa.types.is_boolean(column.type):
+        return column
+    return pc.equal(pc.utf8_lower(column.cast(pa.string())), "true")
+
+
+def ids_of(uris: list[str]) -> np.ndarray:
+    """Image ids of URIs (see :func:`iqa_ray.manifest.image_id`)."""
+    from iqa_ray.manifest import image_id
+
+    return np.fromiter((image_id(u) for u in uris), dtype=np.int64, count=len(uris))
+
+
+# --- the two phases -----------------------------------------------------------------------------
+
+
+def _write(uri: str, table: pa.Table, storage_options: dict[str, Any]) -> None:
+    fs, path = io.filesystem(uri, storage_options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        pq.write_table(table, handle, row_group_size=_ROW_GROUP)
+
+
+def load_unit(unit: Unit, cfg: InputConfig, part_uri: str, out_options: dict[str, Any]) -> int:
+    """Phase 1: one unit's rows, sorted by image id, into a part file; returns the row count."""
+    uris = unit_uris(unit, cfg)
+    ids = ids_of(uris)
+    order = np.argsort(ids, kind="stable")
+    table = pa.table({Col.IMAGE_ID: ids[order], Col.URI: pa.array(uris, pa.string()).take(order)},
+                     schema=MANIFEST_SCHEMA)
+    _write(part_uri, table, out_options)
+    return table.num_rows
+
+
+def merge_range(
+    part_uris: list[str], lo: int, hi: int, shard_uri: str, out_options: dict[str, Any], done: Any
+) -> tuple[int, int]:
+    """Phase 2: rows with lo <= id < hi from every part, deduplicated and sorted by URI.
+
+    Returns (rows, pending rows): pending counts ids not in ``done`` (an array or object ref).
+    """
+    pieces = [_read_id_range(uri, lo, hi, out_options) for uri in part_uris]
+    table = pa.concat_tables(pieces) if pieces else MANIFEST_SCHEMA.empty_table()
+    table = unique_rows(table)
+    _write(shard_uri, table, out_options)
+    return table.num_rows, count_pending(table.column(Col.IMAGE_ID).to_numpy(), done)
+
+
+def _read_id_range(uri: str, lo: int, hi: int, options: dict[str, Any]) -> pa.Table:
+    """Rows of a part with lo <= id < hi, reading only the row groups whose id range overlaps."""
+    fs, path = io.filesystem(uri, options)
+    with fs.open(path, "rb") as handle:
+        reader = pq.ParquetFile(handle)
+        meta = reader.metadata
+        groups = []
+        for i in range(meta.num_row_groups):
+            stats = meta.row_group(i).column(0).statistics
+            if stats is None or not stats.has_min_max or (stats.min < hi and stats.max >= lo):
+                groups.append(i)
+        if not groups:
+            return MANIFEST_SCHEMA.empty_table()
+        table = reader.read_row_groups(groups)
+    ids = table.column(Col.IMAGE_ID).to_numpy()
+    return table.filter(pa.array((ids >= lo) & (ids <= hi - 1)))  # hi - 1 fits in int64
+
+
+def unique_rows(table: pa.Table) -> pa.Table:
+    """Drop repeated URIs, refuse two URIs with one id, and sort by URI."""
+    table = table.take(pc.sort_indices(table, [(Col.URI, "ascending")]))
+    uris = table.column(Col.URI).to_numpy(zero_copy_only=False)
+    first = np.ones(len(uris), dtype=bool)
+    first[1:] = uris[1:] != uris[:-1]
+    table = table.filter(pa.array(first))
+    ids = table.column(Col.IMAGE_ID).to_numpy()
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) != len(ids):
+        clash = unique[counts > 1][0]
+        names = [u for u, i in zip(table.column(Col.URI).to_pylist(), ids, strict=True) if i == clash]
+        raise ConfigError(f"two distinct URIs hash to one image_id ({names}); rename one of them")
+    return table.cast(MANIFEST_SCHEMA)
+
+
+def count_pending(ids: np.ndarray, done: Any) -> int:
+    """How many ids are not in ``done`` (an int64 array, or an object ref to one)."""
+    if not isinstance(done, np.ndarray):
+        import ray
+
+        done = ray.get(done)
+    if len(done) == 0:
+        return int(len(ids))
+    return int(np.sum(~np.isin(ids, done)))
+
+
+def shard_uri(folder: str, index: int) -> str:
+    return io.join(folder, f"part-{index:05d}.parquet")
+
+
+def build_shards(
+    cfg: InputConfig,
+    folder: str,
+    out_options: dict[str, Any],
+    done: np.ndarray,
+    shard_rows: int,
+    parallelism: int,
+) -> Shards:
+    """The whole manifest of a run as shards under ``folder`` (replacing any older ones)."""
+    io.delete_tree(folder, out_options)
+    units = plan_units(cfg, parallelism)
+    tmp = io.join(folder, "_parts")
+    parts = [io.join(tmp, f"unit-{i:06d}.parquet") for i in range(len(units))]
+    counts = _map(load_unit, [(u, cfg, p, out_options) for u, p in zip(units, parts, strict=True)])
+    n_shards = max(1, math.ceil(sum(counts) / shard_rows))
+    bounds = [i * _ID_SPACE // n_shards for i in range(n_shards + 1)]
+    done_arg: Any = done
+    if n_shards > 1:
+        import ray
+
+        done_arg = ray.put(done)
+    live = [p for p, n in zip(parts, counts, strict=True) if n]
+    outs = [shard_uri(folder, i) for i in range(n_shards)]
+    merged = _map(merge_range, [(live, bounds[i], bounds[i + 1], outs[i], out_options, done_arg)
+                                for i in range(n_shards)])
+    io.delete_tree(tmp, out_options)
+    shards = Shards(tuple(outs), tuple(m[0] for m in merged), tuple(m[1] for m in merged))
+    if cfg.limit is not None and cfg.limit < shards.images:
+        shards = _truncate(shards, cfg.limit, out_options, done)
+    return shards
+
+
+def _truncate(shards: Shards, limit: int, options: dict[str, Any], done: np.ndarray) -> Shards:
+    """Keep the first ``limit`` rows in shard order (sorted by URI within each shard)."""
+    uris, rows, pending, left = [], [], [], limit
+    for uri, n, p in zip(shards.uris, shards.rows, shards.pending, strict=True):
+        if left <= 0:
+            io.delete(uri, options)
+            continue
+        if n > left:
+            table = io.read_parquet(uri, options).slice(0, left)
+            _write(uri, table, options)
+            n, p = left, count_pending(table.column(Col.IMAGE_ID).to_numpy(), done)
+        uris.append(uri)
+        rows.append(n)
+        pending.append(p)
+        left -= n
+    return Shards(tuple(uris), tuple(rows), tuple(pending))
+
+
+def missing_images(shards: Shards, options: dict[str, Any], done: np.ndarray) -> int:
+    """Manifest images not in ``done`` (one task per shard when there are several)."""
+    if not shards.uris:
+        return 0
+    done_arg: Any = done
+    if len(shards.uris) > 1:
+        import ray
+
+        done_arg = ray.put(done)
+    return sum(_map(_shard_missing, [(uri, options, done_arg) for uri in shards.uris]))
+
+
+def _shard_missing(uri: str, options: dict[str, Any], done: Any) -> int:
+    ids = io.read_parquet(uri, options, [Col.IMAGE_ID]).column(Col.IMAGE_ID).to_numpy()
+    return count_pending(ids, done)
+
+
+def _map(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
+    """Run ``fn`` over argument tuples: inline for one call, as Ray tasks for several."""
+    if len(calls) <= 1:
+        return [fn(*args) for args in calls]
+    import ray
+
+    remote = ray.remote(num_cpus=0.5, max_retries=3)(fn)
+    return ray.get([remote.remote(*args) for args in calls])
+
