@@ -81,12 +81,34 @@ def versions() -> dict[str, str | None]:
     return found
 
 
-def check_fingerprint(cfg: RunConfig, paths: RunPaths) -> dict[str, Any] | None:
-    """Refuse to resume a run whose stored fingerprint differs; return the stored record."""
+def data_digests(cfg: RunConfig) -> dict[str, str]:
+    """Per method, the digest of external data its scores depend on (anchor sets, weights)."""
+    from iqa_ray.methods import get_method
+
+    found = {}
+    for spec in cfg.methods:
+        digest = get_method(spec.method)(spec.params).data_digest()
+        if digest is not None:
+            found[spec.name] = digest
+    return found
+
+
+def check_fingerprint(cfg: RunConfig, paths: RunPaths, digests: dict[str, str] | None = None,
+                      ) -> dict[str, Any] | None:
+    """Refuse to resume a run whose stored fingerprint or data digests differ; return the
+    stored record."""
     opts = cfg.output.storage_options
     if not io.exists(paths.run_json, opts):
         return None
     stored = io.read_json(paths.run_json, opts)
+    changed = [name for name, digest in (digests or {}).items()
+               if stored.get("data_digests", {}).get(name, digest) != digest]
+    if changed:
+        raise ConfigError(
+            f"run {cfg.resolved_run_id()!r} at {paths.root}: the data behind method(s) {changed} "
+            "(an anchor set or trained weights) changed since the run started; resuming would "
+            "mix scores made with different data. Pick a new run_id or restore the data."
+        )
     if stored.get("fingerprint") != cfg.fingerprint():
         raise ConfigError(
             f"run {cfg.resolved_run_id()!r} at {paths.root} was made with a different "
@@ -210,7 +232,8 @@ def run(cfg: RunConfig) -> RunResult:
     """
     paths = run_paths(cfg)
     opts = cfg.output.storage_options
-    check_fingerprint(cfg, paths)
+    digests = data_digests(cfg)
+    check_fingerprint(cfg, paths, digests)
     methods = [m.name for m in cfg.methods]
     keys = manifest.load_score_keys(paths.scores, opts)
     done = manifest.done_ids(keys, methods, cfg.retry_errors)
@@ -221,7 +244,8 @@ def run(cfg: RunConfig) -> RunResult:
     images, pending = shards.images, shards.pending_images
     record = {
         "run_id": cfg.resolved_run_id(), "fingerprint": cfg.fingerprint(),
-        "config": cfg.model_dump(mode="json"), "versions": versions(), "status": "running",
+        "config": cfg.model_dump(mode="json"), "data_digests": digests, "versions": versions(),
+        "status": "running",
         "started_at": datetime.now(timezone.utc).isoformat(), "attempt": attempt,
         "counts_at_start": {"images": images, "done": images - pending, "pending": pending,
                             "manifest_shards": len(shards.uris)},

@@ -92,6 +92,14 @@ class ScoringMethod:
         """Derived images this method needs for every input (none by default)."""
         return ()
 
+    def data_digest(self) -> str | None:
+        """Digest of external data the scores depend on (an anchor set, trained weights).
+
+        Read on the driver and stored in run.json; resuming a run whose data changed in place
+        is refused. None when the method depends on nothing but its config.
+        """
+        return None
+
     def setup(self, ctx: MethodContext) -> None:
         """Once per actor, before the first batch (load anchors, check words, ...)."""
 

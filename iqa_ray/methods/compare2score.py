@@ -10,7 +10,15 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from iqa_ray.anchors import AnchorSet, Calibration, read_anchor_images, read_anchor_set
+from iqa_ray import io
+from iqa_ray.anchors import (
+    RECORD_NAME,
+    AnchorSet,
+    Calibration,
+    read_anchor_images,
+    read_anchor_set,
+    sha256_hex,
+)
 from iqa_ray.backends import Prompt
 from iqa_ray.compare2score_math import (
     MapResult,
@@ -166,6 +174,14 @@ class Compare2Score(VlmMethod):
         super().__init__(params)
         self._anchor_set: AnchorSet | None = None
         self._anchor_images: list[np.ndarray] = []
+
+    def data_digest(self) -> str:
+        """sha256 of ``anchors.json``'s content: it holds P_a and every anchor image's sha256."""
+        from iqa_ray.config import canonical_json  # the config module imports this registry
+
+        p = self.params
+        record = io.read_json(io.join(p.anchors, RECORD_NAME), p.anchor_storage_options)
+        return sha256_hex(canonical_json(record).encode())
 
     def setup(self, ctx: MethodContext) -> None:
         """Load the anchor set once per actor, warn on a calibration mismatch, check words."""

@@ -19,6 +19,7 @@ from iqa_ray.anchor_job import AnchorBuildSpec, build_anchors
 from iqa_ray.anchors import read_anchor_images, read_anchor_set
 from iqa_ray.compare2score_math import map_estimate
 from iqa_ray.config import RunConfig
+from iqa_ray.errors import ConfigError
 from iqa_ray.pipeline import run
 from iqa_ray.samples import make_sample_images
 from tests.conftest import REPO
@@ -85,6 +86,17 @@ def test_build_anchors_then_score_with_compare2score(tmp_path: Path, tiny_model_
     redo = read_scores(again.uri).sort_values(["image_id", "method"]).reset_index(drop=True)
     before = df.sort_values(["image_id", "method"]).reset_index(drop=True)
     assert before["score"].equals(redo["score"]) and before["b"].equals(redo["b"])
+
+    # The anchor set is rebuilt in place with other comparisons: resuming would mix P_a
+    # matrices, so it is refused (the config, hence the fingerprint, did not change).
+    record_path = Path(uri) / "anchors.json"
+    record = json.loads(record_path.read_text())
+    assert json.loads((Path(first.uri) / "run.json").read_text())["data_digests"]["compare2score"]
+    record["comparisons"][0][1] = 0.25
+    record["comparisons"][1][0] = 0.75
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="changed since the run started"):
+        run(cfg)
 
 
 def test_build_anchors_job_script_without_labels(tmp_path: Path, tiny_model_dir: Path) -> None:
