@@ -102,7 +102,7 @@ def _prefix_units(cfg: InputConfig, parallelism: int) -> list[Unit]:
         fs.invalidate_cache()  # listings of millions of keys must not stay in fsspec's cache
         level = sorted(below)
     per_unit = max(1, math.ceil(len(level) / parallelism))
-    units = [Unit("prefixes", tuple(group)) for group in _chunks(level, per_unit)]
+    units = [Unit("prefixes", tuple(io.to_uri(fs, p) for p in group)) for group in _chunks(level, per_unit)]
     loose.sort()
     units += [Unit("uris", tuple(group)) for group in _chunks(loose, _LOOSE_PER_UNIT)]
     return units or [Unit("uris", ())]

@@ -60,7 +60,27 @@ def test_prefix_units_explore_sub_prefixes(tmp_path: Path) -> None:
     cfg = InputConfig(uri=str(tmp_path))
     assert sorted(u for unit in units for u in listing.unit_uris(unit, cfg)) == expected
     # One wanted unit: the whole prefix in one recursive listing.
-    assert listing.plan_units(cfg, parallelism=1) == [listing.Unit("prefixes", (str(tmp_path),))]
+    assert listing.plan_units(cfg, parallelism=1) == [listing.Unit("prefixes", (f"file://{tmp_path}",))]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_parallel_listing_of_a_bucket(s3_bucket: tuple[str, dict], tmp_path: Path) -> None:
+    import s3fs
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+    name = bucket.removeprefix("s3://")
+    keys = [f"{name}/imgs/p{i % 5}/{'x/' if i % 3 else ''}{i:03d}.jpg" for i in range(40)]
+    keys += [f"{name}/imgs/top.png", f"{name}/imgs/p1/notes.txt"]
+    for key in keys:
+        fs.pipe(key, b"x")
+    expected = sorted(f"s3://{k}" for k in keys if not k.endswith(".txt"))
+    cfg = InputConfig(uri=f"{bucket}/imgs", storage_options=options)
+    units = listing.plan_units(cfg, parallelism=4)
+    assert all(item.startswith("s3://") for unit in units for item in unit.items)
+    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=15, parallelism=4)
+    _check_shards(shards, expected)
+    assert sorted(manifest.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -93,7 +113,9 @@ def test_pending_counts_and_limit(tmp_path: Path) -> None:
                                    NO_DONE, shard_rows=6, parallelism=4)
     assert limited.images == 9
     assert [u for t in _read_shards(limited) for u in t.column(Col.URI).to_pylist()] == first
-    assert len(list((tmp_path / "m").glob("part-*.parquet"))) == len(limited.uris) == 2
+    # The shards after the one reaching the limit are dropped, the last one kept is truncated.
+    kept = int(np.searchsorted(np.cumsum(shards.rows), 9)) + 1
+    assert len(list((tmp_path / "m").glob("part-*.parquet"))) == len(limited.uris) == kept
 
 
 @pytest.mark.usefixtures("ray_local")
