@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from iqa_ray.errors import ConfigError
 
@@ -241,6 +241,8 @@ def _filter_reflect(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """2-D filtering of each channel by FFT, with reflect-101 borders (OpenCV's default)."""
     ry, rx = kernel.shape[0] // 2, kernel.shape[1] // 2
     padded = np.pad(x, ((ry, ry), (rx, rx), (0, 0)), mode="reflect")
+    from scipy import signal  # imported here: it costs most of a stage actor's start-up import
+
     return signal.fftconvolve(padded, kernel[::-1, ::-1, None], mode="valid", axes=(0, 1))
 
 

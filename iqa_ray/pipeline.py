@@ -122,20 +122,23 @@ def check_fingerprint(cfg: RunConfig, paths: RunPaths, digests: dict[str, str] |
 def build_dataset(cfg: RunConfig, shards: listing.Shards, done: np.ndarray, scores_uri: str,
                   attempt: int) -> Any:
     """The lazy Ray Data plan over the manifest shards' pending images (no shuffle; one output
-    row per file). Done images are dropped by a filter stage, so the driver never holds URIs.
+    row per file). Tasks cut each shard's pending rows into blocks; the driver holds only refs.
     """
     import ray
 
     st = cfg.stages
-    pafs, _ = io.pyarrow_filesystem(shards.uris[0], cfg.output.storage_options)
-    paths = [io.pyarrow_filesystem(u, cfg.output.storage_options)[1] for u in shards.uris]
-    ds = ray.data.read_parquet(paths, filesystem=pafs, columns=[Col.IMAGE_ID, Col.URI])
-    if len(done):
-        ds = ds.map_batches(drop_done, fn_kwargs={"done": [ray.put(done)]}, batch_size=None,
-                            batch_format="pyarrow", num_cpus=0.25)
-    # Small blocks spread the fetch work over the pool (a shard is one block when read).
+    # Small blocks spread the work over every pool (a stage actor takes whole blocks).
     block_rows = max(st.fetch.batch_size, math.ceil(shards.pending_images / _MAX_BLOCKS))
-    ds = ds.repartition(target_num_rows_per_block=block_rows)
+    done_ref = ray.put(done)
+    split = ray.remote(num_cpus=0.25, max_retries=3)(pending_blocks)
+    refs: list[Any] = []
+    for uri, n in zip(shards.uris, shards.pending, strict=True):
+        if n:
+            count = math.ceil(n / block_rows)
+            out = split.options(num_returns=count).remote(
+                uri, cfg.output.storage_options, done_ref, block_rows, count)
+            refs.extend([out] if count == 1 else out)
+    ds = ray.data.from_arrow_refs(refs)
     ds = ds.map_batches(
         FetchImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.fetch.batch_size,
         batch_format="numpy", num_cpus=st.fetch.num_cpus,
@@ -159,12 +162,20 @@ def build_dataset(cfg: RunConfig, shards: listing.Shards, done: np.ndarray, scor
     )
 
 
-def drop_done(batch: pa.Table, done: list[Any]) -> pa.Table:
-    """Filter stage: manifest rows whose image is not done (``done``: [object ref of ids])."""
-    import ray
+def pending_blocks(shard_uri: str, storage_options: dict[str, Any], done: np.ndarray,
+                   block_rows: int, count: int) -> Any:
+    """Task: a manifest shard's not-done rows as ``count`` blocks of ``block_rows`` rows.
 
-    ids = ray.get(done[0])
-    return batch.filter(pa.array(~np.isin(batch.column(Col.IMAGE_ID).to_numpy(), ids)))
+    Blocks are made by small tasks (a quarter CPU: stage actors may hold the rest of a small
+    machine), so the driver never holds the URIs. ``done``: ids of done images.
+    """
+    table = io.read_parquet(shard_uri, storage_options, [Col.IMAGE_ID, Col.URI])
+    if len(done):
+        table = table.filter(pa.array(~np.isin(table.column(Col.IMAGE_ID).to_numpy(), done)))
+    blocks = [table.slice(i * block_rows, block_rows) for i in range(count)]
+    if sum(b.num_rows for b in blocks) != table.num_rows:
+        raise RuntimeError(f"{shard_uri}: {table.num_rows} pending rows, {count} blocks planned")
+    return blocks[0] if count == 1 else tuple(blocks)
 
 
 def summarize(keys: pa.Table, shards: listing.Shards, methods: list[str],

@@ -85,3 +85,31 @@ def test_ray_job_submit_scores_a_folder(tmp_path: Path, ray_head: tuple[str, dic
     failed = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
     assert "typo_key" in failed.stdout + failed.stderr
+
+
+def test_score_job_on_a_local_ray_whose_cpus_the_stages_fill(tmp_path: Path) -> None:
+    # The stage actors reserve all but a quarter CPU of the machine: every other task of the
+    # plan (reading the manifest shards, writing scores) must fit in what is left, or the job
+    # waits for ever (it did when Ray Data's read tasks asked for a whole CPU).
+    cpus = os.cpu_count() or 2
+    expected = make_corpus(tmp_path / "images", 6)
+    config = {
+        "input": {"uri": str(tmp_path / "images")},
+        "output": {"uri": str(tmp_path / "out"), "rows_per_file": 8},
+        "model": {"backend": "fake"},
+        "methods": ["qalign_levels"],
+        "stages": {"fetch": {"max_actors": 1, "num_cpus": cpus - 0.75},
+                   "decode": {"max_actors": 1, "num_cpus": 0.25},
+                   "score": {"max_actors": 1, "num_cpus": 0.25}},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run(
+        [sys.executable, "jobs/score.py", "--config", str(path), "--run-id", "busy", "--address", "local"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    df = read_scores(str(tmp_path / "out" / "runs" / "busy"))
+    assert_reconciled(df, set(expected), ["qalign_levels"])
