@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -69,8 +70,8 @@ def ray_local(ray_tmp: str) -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
     """A real S3 HTTP endpoint (moto server) on 127.0.0.1, stopped by PID at the end."""
     port = free_port()
     server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
@@ -84,6 +85,13 @@ def moto_endpoint() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The session's moto server (see ``moto_server``)."""
+    with moto_server() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture
@@ -105,6 +113,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from iqa_ray.smoke import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP (model + processor) saved to disk, for the ATTIQA tests."""
+    from iqa_ray.attiqa.smoke import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 def upload_folder(local: Path, bucket_uri: str, options: dict) -> None:

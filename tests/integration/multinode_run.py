@@ -1,7 +1,9 @@
 """Run the pipeline on a simulated multi-node cluster; print placement and output as JSON.
 
 Used by test_multinode.py in a subprocess, because one test process can hold only one Ray.
-    python tests/integration/multinode_run.py <config.json> <temp_dir>
+    python tests/integration/multinode_run.py <config.json> <temp_dir> [<node_loss_config.json>]
+With a third argument, a second run on the same cluster then loses the node holding its score
+actor (tests/faults/node_loss_run.py); its report is the RESULT's ``node_loss``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 
 from iqa_ray.config import RunConfig  # noqa: E402
 from iqa_ray.pipeline import run  # noqa: E402
+from tests.faults.node_loss_run import node_loss  # noqa: E402
 
 
 def main() -> None:
@@ -39,10 +42,14 @@ def main() -> None:
                     placement[stage].append(actor["Address"]["NodeID"])
         roles = {cpu_a.node_id: "cpu_a", cpu_b.node_id: "cpu_b", gpu.node_id: "gpu",
                  cluster.head_node.node_id: "head"}
-        print("RESULT " + json.dumps({
+        report = {
             "uri": result.uri,
             "placement": {k: sorted(roles.get(n, n) for n in v) for k, v in placement.items()},
-        }))
+        }
+        if len(sys.argv) > 3:  # the same (warm) cluster: no second start-up to pay for
+            loss_cfg = RunConfig.from_dict(json.loads(Path(sys.argv[3]).read_text()))
+            report["node_loss"] = node_loss(loss_cfg, cluster, gpu)
+        print("RESULT " + json.dumps(report))
     finally:
         ray.shutdown()
         cluster.shutdown()

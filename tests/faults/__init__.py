@@ -1,0 +1,1 @@
+"""Fault injection for tests: an S3 proxy with fault rules and reliability scenarios."""
