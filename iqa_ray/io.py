@@ -266,6 +266,16 @@ def delete(uri: str, storage_options: dict[str, Any] | None) -> None:
         fs.rm_file(path)
 
 
+def sha256_file(uri: str, storage_options: dict[str, Any] | None) -> str:
+    """Hex sha256 of an object's content, streamed in 8 MiB chunks."""
+    fs, path = filesystem(uri, storage_options)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def delete_tree(uri: str, storage_options: dict[str, Any] | None) -> None:
     """Remove a folder (prefix) and everything under it, if it exists."""
     fs, path = filesystem(uri, storage_options)
