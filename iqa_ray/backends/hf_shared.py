@@ -14,8 +14,12 @@ For one call's prompts:
    only on position differences, which are those of the unshared sequence; so the logits
    equal the unshared forward up to float rounding (tested to 1e-4 in float32).
 
-Images are passed as precomputed encoder outputs (``mm_encoder_outputs``), so a suffix or
-prefix carries exactly the features of the image tokens it contains.
+Images enter as input embeddings: the text tokens are embedded by the model's own embedding
+table and each image token's slot takes its bank feature, so a suffix or prefix carries exactly
+the features of the image tokens it contains. ``inputs_embeds`` is the oldest, most stable entry
+of every transformers 5.x model (the newer ``mm_encoder_outputs`` argument does not exist in
+5.17 and is then silently ignored, which would score the placeholder tokens instead of the
+images).
 
 Only model types verified by a test (``SUPPORTED_MODEL_TYPES``) take this path: models with
 multimodal rotary positions (Qwen2-VL's mrope), bidirectional attention over image tokens
@@ -25,10 +29,10 @@ cache handling, so they fall back to the unshared path with one INFO log line.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,7 +73,12 @@ def sharing_support(model: Any, processor: Any) -> str | None:
     return None
 
 
-@dataclass
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+@dataclasses.dataclass
 class _Prefix:
     """A unit's computed prefixes: the cache (one row per group) and its attention mask."""
 
@@ -84,6 +93,8 @@ class SharedPrefixRunner:
         self.b = backend
         self.encoder = PromptEncoder(backend)
         self.enabled = True
+        # None until the first call checks the shared path against the unshared one.
+        self.verified: bool | None = None
 
     def plan(self, prompts: Sequence[Prompt]) -> SharingPlan:
         """The grouping ``run`` would use (encodes the images; works on the meta device)."""
@@ -95,7 +106,60 @@ class SharedPrefixRunner:
 
     # ---- execution ----------------------------------------------------------------------
     def run(self, prompts: Sequence[Prompt]) -> list[np.ndarray | RowError]:
-        """Logits of each prompt's words (same contract as ``next_token_logits``)."""
+        """Logits of each prompt's words (same contract as ``next_token_logits``).
+
+        The first call first checks a few of its prompts both ways (``verify``); a mismatch
+        turns sharing off for this backend, so a model or library version that computes the
+        shared path differently costs speed, never correctness.
+        """
+        if self.verified is None and prompts:
+            self.verify(prompts)
+        if not self.enabled:
+            return self.b.unshared_logits(list(prompts))
+        return self._run_shared(prompts)
+
+    def verify(self, prompts: Sequence[Prompt]) -> float:
+        """Compare shared and unshared logits on a probe of ``prompts``; disable on mismatch.
+
+        The probe is the first prompt and up to two later ones that show the same first image
+        with the same question (they share a cached prefix). Compared: the log-softmax over
+        each prompt's words, the quantity the methods use. Tolerance: 1e-3 in float32, 0.15
+        in 16-bit types (rounding differs between the two orders of computation). The probe's
+        passes are not counted in ``stats``. Returns the largest difference.
+        """
+        first = prompts[0]
+        key = first.image_keys[:1]
+        probe = [first] + [
+            p for p in prompts[1:]
+            if key and p.image_keys[:1] == key and p.question == first.question
+        ][:2]
+        saved = dataclasses.replace(self.b.stats)
+        try:
+            shared = self._run_shared(probe)
+            unshared = self.b.unshared_logits(probe)
+        finally:
+            for field in dataclasses.fields(saved):
+                setattr(self.b.stats, field.name, getattr(saved, field.name))
+        gaps = [
+            float(np.abs(_log_softmax(a) - _log_softmax(b)).max())
+            for a, b in zip(shared, unshared, strict=True)
+            if isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+        ]
+        if not gaps:  # every probe prompt failed: decide on a later call
+            return float("nan")
+        worst = max(gaps)
+        tolerance = 1e-3 if self.b.model.dtype == self.b._torch.float32 else 0.15
+        self.verified = worst <= tolerance
+        if not self.verified:
+            self.enabled = False
+            logger.warning(
+                "prefix sharing disabled: on %d probe prompts the shared path differs from the "
+                "unshared one by up to %.3g (tolerance %.3g) for %s; running unshared",
+                len(probe), worst, tolerance, self.b.source,
+            )
+        return worst
+
+    def _run_shared(self, prompts: Sequence[Prompt]) -> list[np.ndarray | RowError]:
         try:
             with self.b._torch.inference_mode():
                 bank, encoded = self.encoder.encode(prompts)
@@ -209,18 +273,20 @@ class SharedPrefixRunner:
         """One left-padded forward of ``seqs`` (token keys) placed after ``starts`` tokens;
         with ``prefix``, row r continues the prefix of group ``slots[r]``."""
         from transformers import DynamicCache
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
 
         torch, b = self.b._torch, self.b
-        ids, mask = self._pad(seqs)
+        ids, mask, image_slots = self._pad(seqs)
         offsets = (mask.cumsum(-1) - 1).clamp(min=0)
         positions = torch.tensor(starts, device=b.device)[:, None] + offsets
         kwargs: dict[str, Any] = {}
+        embeds = b.model.get_input_embeddings()(ids)
         rows = [r for seq in seqs for r in bank_rows(seq)]
         if rows:
+            # Row-major order of the slots matches the order of ``rows``.
             features = bank[torch.tensor(rows, device=bank.device)]
-            encoded = BaseModelOutputWithPooling(pooler_output=[features])
-            kwargs["mm_encoder_outputs"] = {"image": encoded}
+            embeds = embeds.masked_scatter(
+                image_slots[..., None].expand_as(embeds), features.to(embeds.device, embeds.dtype)
+            )
         full_mask = mask
         if prefix is not None:
             index = torch.tensor(slots, device=b.device)
@@ -230,7 +296,7 @@ class SharedPrefixRunner:
             kwargs["past_key_values"] = cache
             full_mask = torch.cat([prefix.mask.index_select(0, index), mask], dim=1)
         out = b.model(
-            input_ids=ids,
+            inputs_embeds=embeds,
             attention_mask=full_mask,
             position_ids=positions,
             use_cache=True,
@@ -240,17 +306,20 @@ class SharedPrefixRunner:
         b.stats.add(forward_calls=1, tokens=int(mask.sum()), padded_tokens=mask.numel())
         return out, mask
 
-    def _pad(self, seqs: list[list[int]]) -> tuple[Any, Any]:
-        """Token ids (image keys become the placeholder id) and mask, left padded."""
+    def _pad(self, seqs: list[list[int]]) -> tuple[Any, Any, Any]:
+        """Token ids (image keys become the placeholder id), mask and image-slot mask, left
+        padded."""
         torch, b = self.b._torch, self.b
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), b.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        images = torch.zeros((len(seqs), width), dtype=torch.bool)
         for r, seq in enumerate(seqs):
             row = [k if k >= 0 else b.processor.image_token_id for k in seq]
             ids[r, width - len(seq) :] = torch.tensor(row, dtype=torch.long)
             mask[r, width - len(seq) :] = 1
-        return ids.to(b.device), mask.to(b.device)
+            images[r, width - len(seq) :] = torch.tensor([k < 0 for k in seq], dtype=torch.bool)
+        return ids.to(b.device), mask.to(b.device), images.to(b.device)
 
 
 @functools.cache

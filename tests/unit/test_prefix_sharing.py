@@ -428,3 +428,46 @@ def test_expansion_mismatch_disables_sharing(backend: TransformersBackend, caplo
     assert "disabled for this model" in caplog.text
     for a, b in zip(reference, got, strict=True):
         np.testing.assert_allclose(b, a, atol=TOL, rtol=0)
+
+
+def test_first_call_checks_the_shared_path(tiny_model_dir: Path) -> None:
+    fresh = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    runner = fresh._shared
+    assert runner is not None and runner.verified is None
+    prompts = _c2s_prompts(3)
+    fresh.next_token_logits(prompts)
+    assert runner.verified is True and runner.enabled and fresh.prefix_sharing
+    # The probe's passes are not counted: stats hold exactly one shared run of the prompts.
+    assert fresh.stats.prompts == len(prompts)
+    assert runner.verify(prompts) < 1e-4
+
+
+def test_a_shared_path_that_disagrees_is_turned_off(tiny_model_dir: Path, caplog: Any) -> None:
+    """A library version that drops the image features (transformers 5.17 ignored the
+    ``mm_encoder_outputs`` argument an earlier version of this module passed) must cost speed,
+    not correctness: the first call's check catches it and every call runs unshared."""
+    fresh = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    runner = fresh._shared
+    assert runner is not None
+    prompts = _q_debias_prompts(2)
+    fresh.prefix_sharing = False
+    reference = fresh.next_token_logits(prompts)
+    fresh.prefix_sharing = True
+    encode = runner.encoder.encode
+
+    def without_images(batch: Any) -> Any:
+        bank, encoded = encode(batch)
+        return bank * 0, encoded  # the features never reach the language model
+
+    runner.encoder.encode = without_images  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="iqa_ray.backends.hf_shared"):
+        got = fresh.next_token_logits(prompts)
+        again = fresh.next_token_logits(prompts)
+    assert runner.verified is False and not runner.enabled
+    assert "prefix sharing disabled" in caplog.text
+    for a, b, c in zip(reference, got, again, strict=True):
+        np.testing.assert_allclose(b, a, atol=TOL, rtol=0)
+        np.testing.assert_allclose(c, a, atol=TOL, rtol=0)
+    # Not vacuous: the broken shared path itself gives other logits.
+    broken = runner._run_shared(prompts)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(reference, broken, strict=True)) > 0.01
