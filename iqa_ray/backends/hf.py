@@ -203,13 +203,28 @@ class TransformersBackend:
         n_text = len(self.tokenizer(text)["input_ids"])
         if not prompt.images:
             return n_text
-        try:
-            sizes = [list(image.shape[:2]) for image in prompt.images]
-            counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes)
-            per_image = counts.num_image_tokens
-        except Exception:  # a processor without the helper: text length only, a lower bound
-            per_image = [1] * len(prompt.images)
+        per_image = self._multi_image_tokens(len(prompt.images))
+        if per_image is None:
+            try:
+                sizes = [list(image.shape[:2]) for image in prompt.images]
+                counts = self.processor._get_num_multimodal_tokens(image_sizes=sizes)
+                per_image = counts.num_image_tokens
+            except Exception:  # a processor without the helper: text length, a lower bound
+                per_image = [1] * len(prompt.images)
         return n_text + sum(int(n) - 1 for n in per_image)
+
+    def _multi_image_tokens(self, n_images: int) -> list[int] | None:
+        """Tokens per image where a processor expands several images differently from one.
+
+        LLaVA-OneVision gives each image of a multi-image prompt its base tile plus a newline
+        token (no anyres tiles), while ``_get_num_multimodal_tokens`` reports the tiled count.
+        """
+        if n_images < 2 or getattr(self.model.config, "model_type", "") != "llava_onevision":
+            return None
+        n = int(self.processor.num_image_tokens) + 1
+        if self.processor.vision_feature_select_strategy == "default":
+            n -= 1
+        return [n] * n_images
 
     def _run_isolated(
         self, prompts: Sequence[Prompt], texts: Sequence[str], chunk: list[int]
