@@ -11,6 +11,14 @@ Builds the tiny random LLaVA (iqa_ray.smoke; or --model DIR for a real local mod
      fixed overhead; with prefix sharing on and off where the model supports it.
 Ratios are to the first method. Nothing is written outside the temp dir. compare2score gets an
 anchor set built first (untimed) from baseline quantiles of the same images.
+
+On a GPU machine, --arch saves a random-weight model of a published shape (benchmarks.random_vlm;
+bf16 on CUDA) and loads it through from_pretrained like a user's model, and --gpus 1 gives the
+score actor the GPU:
+
+    python benchmarks/bench_methods.py --arch llava-interleave-qwen-0.5b --gpus 1 --num-cpus 16 \
+        --images 512 --image-size 512 384 --max-image-side 768 --decode-actors 12 \
+        --score-batch 64 --model-batch-size 32 --methods qalign_levels q_debias compare2score
 """
 
 from __future__ import annotations
@@ -46,7 +54,36 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model-batch-size", type=int, default=8)
     parser.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray")
     parser.add_argument("--repeat", type=int, default=3, help="in-process: best of N timings")
+    parser.add_argument("--arch", help="random-weight model of a published shape "
+                        "(benchmarks.random_vlm.ARCHES), saved and loaded from disk")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs of the local Ray (score stage)")
+    parser.add_argument("--image-size", type=int, nargs=2, default=(96, 72), metavar=("W", "H"))
+    parser.add_argument("--decode-actors", type=int, default=2)
+    parser.add_argument("--score-batch", type=int, default=8, help="rows per score-stage batch")
+    parser.add_argument("--score-actors", type=int, default=1,
+                        help="score actors (sharing the --gpus GPUs equally)")
+    parser.add_argument("--skip-in-process", action="store_true")
     return parser.parse_args()
+
+
+def save_random_arch(arch: str, folder: Path) -> str:
+    """Save a random model of ``arch`` (bf16 where CUDA is available) with its processor."""
+    import torch
+
+    from benchmarks.random_vlm import build_model, build_processor
+    from iqa_ray.smoke import MARKER, SMOKE_WARNING
+
+    cuda = torch.cuda.is_available()
+    processor = build_processor(arch, folder)
+    model = build_model(arch, processor, "cuda" if cuda else "cpu",
+                        torch.bfloat16 if cuda else torch.float32)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / MARKER).write_text(SMOKE_WARNING + "\n")
+    del model
+    if cuda:
+        torch.cuda.empty_cache()
+    return str(folder)
 
 
 def passes_per_image(names: list[str]) -> int:
@@ -72,8 +109,10 @@ def make_config(names: list[str], work: Path, model: str, args: argparse.Namespa
         "methods": [{"method": n, "params": PARAMS.get(n, {})} for n in names],
         "stages": {
             "fetch": {"batch_size": 16, "max_actors": 1, "num_cpus": 0.5},
-            "decode": {"batch_size": 8, "max_actors": 2, "num_cpus": 0.5},
-            "score": {"batch_size": 8, "max_actors": 1, "num_cpus": 1},
+            "decode": {"batch_size": 8, "max_actors": args.decode_actors, "num_cpus": 0.5},
+            "score": {"batch_size": args.score_batch, "min_actors": args.score_actors,
+                      "max_actors": args.score_actors, "num_cpus": 1,
+                      "num_gpus": args.gpus / args.score_actors},
             "model_batch_size": args.model_batch_size,
         },
     })
@@ -116,9 +155,12 @@ def main() -> None:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="bench_methods_"))
-    model = args.model or str(build_tiny_llava(work / "tiny_llava"))
-    paths = make_sample_images(work / "images", args.images)
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False,
+    if args.arch:
+        model = save_random_arch(args.arch, work / args.arch)
+    else:
+        model = args.model or str(build_tiny_llava(work / "tiny_llava"))
+    paths = make_sample_images(work / "images", args.images, size=tuple(args.image_size))
+    ray.init(address="local", num_cpus=args.num_cpus, num_gpus=args.gpus, include_dashboard=False,
              _temp_dir=tempfile.mkdtemp(prefix="bm_", dir="/tmp"), log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
@@ -140,6 +182,8 @@ def main() -> None:
                      f"{rate:.2f}", f"{base / rate:.2f}x"])
     print_table("pipeline (iqa_ray.pipeline.run, end to end, local Ray)",
                 ["method", "passes/image", "images", "seconds", "images/s", "cost vs first"], rows)
+    if args.skip_in_process:
+        return
 
     cfg = make_config(args.methods[:1], work, model, args)
     ctx = MethodContext(vlm_factory=lambda: load_backend(cfg.model, args.model_batch_size))

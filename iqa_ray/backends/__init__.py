@@ -52,6 +52,7 @@ def load_backend(
         return FakeBackend(
             cfg.fake.fail_after_batches, cfg.fake.fail_delay_s, delay_s=cfg.fake.delay_s,
             crash_marker=cfg.fake.crash_process_once_marker, crash_on_batch=cfg.fake.crash_on_batch,
+            fail_after_glob=cfg.fake.fail_after_glob,
         )
     if cfg.backend == "transformers":
         from iqa_ray.backends.hf import TransformersBackend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import time
@@ -21,6 +22,9 @@ class FakeBackend:
             on the call after this many calls; used to test crash-and-resume.
         fail_delay_s: hang this long before failing, as a dying device often does, so that
             earlier batches reach the bucket first.
+        fail_after_glob: a local glob; with it, the hang before failing ends as soon as a
+            file matches (a committed score file), or after ``fail_delay_s`` at most, so a
+            crash test always leaves partial output without a long fixed wait.
         delay_s: sleep this long in every call (a slow model: lets a test kill a run mid-way).
         crash_marker: a file path; on call ``crash_on_batch`` the first process to get there
             creates it and exits at once (``os._exit``, as an OOM-killed worker does). A
@@ -36,13 +40,22 @@ class FakeBackend:
         delay_s: float = 0.0,
         crash_marker: str | None = None,
         crash_on_batch: int = 1,
+        fail_after_glob: str | None = None,
     ) -> None:
         self._fail_after = fail_after_batches
         self._fail_delay_s = fail_delay_s
+        self._fail_after_glob = fail_after_glob
         self._delay_s = delay_s
         self._crash_marker = crash_marker
         self._crash_on_batch = crash_on_batch
         self._calls = 0
+
+    def _hang_before_failing(self) -> None:
+        deadline = time.monotonic() + self._fail_delay_s
+        while time.monotonic() < deadline:
+            if self._fail_after_glob and glob.glob(self._fail_after_glob):
+                return
+            time.sleep(min(0.1, self._fail_delay_s))
 
     def check_words(self, templates: list[Prompt]) -> None:
         """Every word is acceptable to the fake backend."""
@@ -54,7 +67,7 @@ class FakeBackend:
         if self._crash_marker is not None and self._calls == self._crash_on_batch:
             self._crash_once(Path(self._crash_marker))
         if self._fail_after is not None and self._calls > self._fail_after:
-            time.sleep(self._fail_delay_s)
+            self._hang_before_failing()
             raise RuntimeError(f"FakeBackend: injected failure after {self._fail_after} batches")
         return [self._one(p) for p in prompts]
 

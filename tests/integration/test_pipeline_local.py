@@ -81,8 +81,13 @@ def test_crash_then_resume_has_no_duplicates_or_gaps(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     # A manifest of several shards (33 images, 10 per shard), as a large corpus would have.
     sharded = {"uri": str(tmp_path / "images"), "shard_rows": 10}
+    # The failure waits until a score file is committed (at most 60 s), so partial output
+    # exists however slow the machine is.
+    committed = str(tmp_path / "out" / "runs" / "crash" / "scores" / "*.parquet")
     crashing = config(str(tmp_path / "images"), out, run_id="crash", input=sharded,
-                      model={"backend": "fake", "fake": {"fail_after_batches": 4, "fail_delay_s": 8}})
+                      model={"backend": "fake", "fake": {
+                          "fail_after_batches": 4, "fail_delay_s": 60,
+                          "fail_after_glob": committed}})
     with pytest.raises(Exception, match="injected failure"):
         run(crashing)
     run_uri = iqa_io.join(out, "runs", "crash")
