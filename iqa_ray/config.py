@@ -112,7 +112,8 @@ class FakeOptions(StrictModel):
     fail_after_batches: int | None = Field(None, ge=0, description="Fail after N batches.")
     fail_delay_s: float = Field(0.0, ge=0, description="Seconds to hang before failing.")
     fail_after_glob: str | None = Field(
-        None, description="Local glob: stop hanging once a file matches (a committed score file)."
+        None, description="Local glob: fail only once a file matches (a committed score file); "
+        "until then calls wait up to `fail_delay_s` and succeed."
     )
     delay_s: float = Field(0.0, ge=0, description="Seconds each model batch takes (a slow model).")
     crash_process_once_marker: str | None = Field(

@@ -22,9 +22,11 @@ class FakeBackend:
             on the call after this many calls; used to test crash-and-resume.
         fail_delay_s: hang this long before failing, as a dying device often does, so that
             earlier batches reach the bucket first.
-        fail_after_glob: a local glob; with it, the hang before failing ends as soon as a
-            file matches (a committed score file), or after ``fail_delay_s`` at most, so a
-            crash test always leaves partial output without a long fixed wait.
+        fail_after_glob: a local glob; with it, a call past ``fail_after_batches`` fails only
+            once a file matches (a committed score file): it waits up to ``fail_delay_s`` for
+            one and, if none appears, succeeds so the work goes on. Ray Data emits a task's
+            rows only when the whole task ends, so a failure inside the first task would
+            leave nothing behind; this way a crash test always leaves partial output.
         delay_s: sleep this long in every call (a slow model: lets a test kill a run mid-way).
         crash_marker: a file path; on call ``crash_on_batch`` the first process to get there
             creates it and exits at once (``os._exit``, as an OOM-killed worker does). A
@@ -50,11 +52,14 @@ class FakeBackend:
         self._crash_on_batch = crash_on_batch
         self._calls = 0
 
-    def _hang_before_failing(self) -> None:
+    def _should_fail(self) -> bool:
+        """Hang up to ``fail_delay_s``; with a glob, fail only once it matches."""
         deadline = time.monotonic() + self._fail_delay_s
-        while time.monotonic() < deadline:
+        while True:
             if self._fail_after_glob and glob.glob(self._fail_after_glob):
-                return
+                return True
+            if time.monotonic() >= deadline:
+                return self._fail_after_glob is None
             time.sleep(min(0.1, self._fail_delay_s))
 
     def check_words(self, templates: list[Prompt]) -> None:
@@ -66,8 +71,7 @@ class FakeBackend:
         time.sleep(self._delay_s)
         if self._crash_marker is not None and self._calls == self._crash_on_batch:
             self._crash_once(Path(self._crash_marker))
-        if self._fail_after is not None and self._calls > self._fail_after:
-            self._hang_before_failing()
+        if self._fail_after is not None and self._calls > self._fail_after and self._should_fail():
             raise RuntimeError(f"FakeBackend: injected failure after {self._fail_after} batches")
         return [self._one(p) for p in prompts]
 

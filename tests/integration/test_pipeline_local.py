@@ -81,12 +81,12 @@ def test_crash_then_resume_has_no_duplicates_or_gaps(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     # A manifest of several shards (33 images, 10 per shard), as a large corpus would have.
     sharded = {"uri": str(tmp_path / "images"), "shard_rows": 10}
-    # The failure waits until a score file is committed (at most 60 s), so partial output
-    # exists however slow the machine is.
+    # Calls past the 4th fail once a score file is committed (each waits up to 3 s for one,
+    # then goes on), so partial output exists however the scheduler groups the batches.
     committed = str(tmp_path / "out" / "runs" / "crash" / "scores" / "*.parquet")
     crashing = config(str(tmp_path / "images"), out, run_id="crash", input=sharded,
                       model={"backend": "fake", "fake": {
-                          "fail_after_batches": 4, "fail_delay_s": 60,
+                          "fail_after_batches": 4, "fail_delay_s": 3,
                           "fail_after_glob": committed}})
     with pytest.raises(Exception, match="injected failure"):
         run(crashing)
