@@ -1,10 +1,13 @@
-"""Listing a bucket prefix: one sequential listing on the driver vs manifest shards by sub-prefix.
+"""Listing a bucket prefix: one sequential listing on the driver vs manifest shards in parallel.
 
-Starts a moto S3 server on 127.0.0.1, writes N empty ``.jpg`` keys under K sub-prefixes, then
-times, side by side in one run, (a) one recursive ``find`` on the driver (the old path) and
-(b) ``listing.build_shards`` (Ray tasks per group of sub-prefixes, then id-range merge tasks).
+Starts a moto S3 server on 127.0.0.1, writes N empty ``.jpg`` keys under K sub-prefixes (or,
+with ``--flat``, directly under the prefix with random hex names, as generative-model outputs
+usually are), then times, side by side in one run, (a) one recursive ``find`` on the driver
+(the old path) and (b) ``listing.build_shards`` (Ray tasks per group of sub-prefixes, or per
+key range of a flat prefix, then id-range merge tasks).
 
     .venv/bin/python benchmarks/bench_listing.py --objects 20000 --prefixes 64
+    .venv/bin/python benchmarks/bench_listing.py --objects 20000 --flat
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ def main() -> None:
     parser.add_argument("--prefixes", type=int, default=64)
     parser.add_argument("--parallelism", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--flat", action="store_true",
+                        help="keys directly under the prefix (random hex names)")
     args = parser.parse_args()
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
@@ -62,7 +67,12 @@ def main() -> None:
         options = {"client_kwargs": {"endpoint_url": endpoint}, "skip_instance_cache": True}
         fs = s3fs.S3FileSystem(**options)
         fs.mkdir("corpus")
-        keys = [f"corpus/images/p{i % args.prefixes:04d}/{i:08d}.jpg" for i in range(args.objects)]
+        if args.flat:
+            rng = np.random.default_rng(0)
+            keys = [f"corpus/images/{rng.bytes(8).hex()}.jpg" for _ in range(args.objects)]
+        else:
+            keys = [f"corpus/images/p{i % args.prefixes:04d}/{i:08d}.jpg"
+                    for i in range(args.objects)]
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda k: fs.pipe(k, b""), keys))
         cfg = InputConfig(uri="s3://corpus/images", storage_options=options)
@@ -72,25 +82,71 @@ def main() -> None:
             for _ in range(args.repeats):
                 start = time.perf_counter()
                 flat = io.list_files(cfg.uri or "", options, cfg.extensions)
-                rows.append(("driver: one recursive find", time.perf_counter() - start, len(flat), 1))
+                elapsed = time.perf_counter() - start
+                rows.append(("driver: one recursive find", elapsed, len(flat), 1, 1))
                 start = time.perf_counter()
+                units = len(listing.plan_units(cfg, args.parallelism))
                 shards = listing.build_shards(cfg, tmp, {}, np.array([], np.int64), shard_rows=5000,
                                               parallelism=args.parallelism)
-                rows.append((f"build_shards (parallelism {args.parallelism})", time.perf_counter() - start,
-                             shards.images, len(shards.uris)))
+                rows.append((f"build_shards (parallelism {args.parallelism})",
+                             time.perf_counter() - start, shards.images, units,
+                             len(shards.uris)))
         ray.shutdown()
+        chains = request_chains(cfg, args.parallelism, len(keys))
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    print(f"{args.objects} keys under {args.prefixes} sub-prefixes, moto on loopback, "
-          f"{os.cpu_count()} CPUs")
-    print("| path | seconds | keys found | shards |")
-    print("| --- | --- | --- | --- |")
-    for name, seconds, n, shards in rows:
-        print(f"| {name} | {seconds:.1f} | {n} | {shards} |")
-    best = {name: min(r[1] for r in rows if r[0] == name) for name in dict.fromkeys(r[0] for r in rows)}
+    layout = "directly under the prefix" if args.flat else f"under {args.prefixes} sub-prefixes"
+    print(f"{args.objects} keys {layout}, moto on loopback, {os.cpu_count()} CPUs")
+    print("| path | seconds | keys found | listing units | shards |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, seconds, n, units, shards in rows:
+        print(f"| {name} | {seconds:.1f} | {n} | {units} | {shards} |")
+    best = {
+        name: min(r[1] for r in rows if r[0] == name)
+        for name in dict.fromkeys(r[0] for r in rows)
+    }
     (seq, par) = list(best.values())
     print(f"\nbest of {args.repeats}: sequential / sharded = {seq / par:.2f}x")
+    print("\nlist requests (the time on real S3 is about the longest chain x one request's "
+          "latency; moto here pays per request for the whole bucket, so it favours fewer):")
+    print("| path | requests | longest chain of dependent requests |\n| --- | --- | --- |")
+    for name, total, chain in chains:
+        print(f"| {name} | {total} | {chain} |")
+
+
+def request_chains(cfg, parallelism: int, n_keys: int) -> list[tuple[str, int, int]]:
+    """List requests of both paths: (path, total, longest dependent chain)."""
+    import math
+
+    from iqa_ray import io, listing
+
+    driver_calls = []
+    original = io.list_page
+
+    def counting(*args, **kwargs):
+        driver_calls.append(kwargs.get("delimiter") is not None)
+        return original(*args, **kwargs)
+
+    io.list_page = counting
+    try:
+        units = listing.plan_units(cfg, parallelism)
+    finally:
+        io.list_page = original
+    def pages(unit: listing.Unit) -> int:  # a "prefixes" unit lists its prefixes one by one
+        parts = [unit] if unit.kind == "keyrange" else [
+            listing.Unit("prefixes", (item,)) for item in unit.items]
+        return sum(max(1, math.ceil(len(listing.unit_uris(p, cfg)) / listing._PAGE))
+                   for p in parts)
+
+    per_unit = [pages(u) for u in units if u.kind in ("keyrange", "prefixes")]
+    sequential = max(1, math.ceil(n_keys / listing._PAGE))
+    # Folder levels are listed one after another; key-range probes run in a thread pool.
+    level_calls = sum(driver_calls)
+    probe_rounds = math.ceil((len(driver_calls) - level_calls) / listing._PROBE_THREADS)
+    return [("driver: one recursive find", sequential, sequential),
+            (f"build_shards (parallelism {parallelism})", len(driver_calls) + sum(per_unit),
+             level_calls + probe_rounds + max(per_unit, default=0))]
 
 
 if __name__ == "__main__":

@@ -72,15 +72,18 @@ class InputConfig(StrictModel):
         description="fsspec options without secrets, e.g. {client_kwargs: {endpoint_url: ...}}.",
     )
     limit: int | None = Field(
-        None, ge=1, description="Score only the first N images (manifest order: by URI within each shard)."
+        None, ge=1,
+        description="Score only the first N images (manifest order: by URI within each shard).",
     )
     shard_rows: int = Field(
         200_000, ge=1,
-        description="Images per manifest shard written under the run folder (`manifest/part-*.parquet`).",
+        description="Images per manifest shard written under the run folder "
+        "(`manifest/part-*.parquet`).",
     )
     list_parallelism: int = Field(
         64, ge=1,
-        description="Listing tasks wanted: the driver explores sub-prefixes until it has this many.",
+        description="Listing tasks wanted: the driver explores sub-prefixes (and key ranges of "
+        "large S3 folders) until it has this many.",
     )
 
     _check_options = field_validator("storage_options")(_check_storage_options)

@@ -85,6 +85,37 @@ def list_files(
     return sorted(to_uri(fs, p) for p in found)
 
 
+def lists_key_ranges(fs: Any) -> bool:
+    """True for stores whose listings can start after a given key (S3 and S3-compatible)."""
+    return hasattr(fs, "call_s3") and hasattr(fs, "split_path")
+
+
+def list_page(
+    fs: Any,
+    path: str,
+    start_after: str | None,
+    max_keys: int,
+    delimiter: str | None = None,
+) -> tuple[list[str], list[str], bool]:
+    """One page of an S3 listing under folder ``path``, in key order.
+
+    Keys are returned relative to the bucket, after ``start_after`` (exclusive) when given.
+    Returns (keys, common prefixes with a ``delimiter``, truncated). Only for stores where
+    :func:`lists_key_ranges` is true.
+    """
+    bucket, key, _ = fs.split_path(path)
+    prefix = key.rstrip("/") + "/" if key else ""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
+    if start_after is not None:
+        kwargs["StartAfter"] = start_after
+    if delimiter is not None:
+        kwargs["Delimiter"] = delimiter
+    reply = fs.call_s3("list_objects_v2", **kwargs)
+    keys = [item["Key"] for item in reply.get("Contents", [])]
+    prefixes = [item["Prefix"] for item in reply.get("CommonPrefixes", [])]
+    return keys, prefixes, bool(reply.get("IsTruncated"))
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors worth retrying: connection drops, timeouts, throttling, 5xx."""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError)):
@@ -228,7 +259,9 @@ def is_remote(uri: str) -> bool:
     return "://" in uri and not uri.startswith("file://")
 
 
-def local_model_cache(uri: str, storage_options: dict[str, Any] | None, cache_dir: str | None) -> str:
+def local_model_cache(
+    uri: str, storage_options: dict[str, Any] | None, cache_dir: str | None
+) -> str:
     """Copy a model folder from a bucket to a node-local cache once per node; return the path.
 
     Concurrent actors on one node serialise on a file lock; a ``.completed`` marker written

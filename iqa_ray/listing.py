@@ -3,7 +3,8 @@
 A source is a prefix to list, or manifest tables: one file, a folder or glob of shards, or an
 S3 Inventory report (its ``manifest.json``; Parquet or CSV data files, or any table with
 ``bucket`` and ``key`` columns). The source is cut into *units* (a group of sub-prefixes listed
-recursively, a group of loose files, a row-group slice of a Parquet manifest, a CSV file):
+recursively, a group of loose files, a key range of a large S3 folder, a row-group slice of a
+Parquet manifest, a CSV file):
 
 1. one task per unit turns it into (image_id, uri) rows sorted by id, in a part file with small
    row groups;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import posixpath
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
@@ -40,14 +42,23 @@ _LOOSE_PER_UNIT = 50_000  # loose files listed by the driver are handed out in g
 _PARQUET_ROWS_PER_UNIT = 1_000_000  # a Parquet manifest is read in slices of about this many rows
 _MAX_DEPTH = 4  # sub-prefix levels explored by the driver when looking for parallelism
 _TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".csv.gz")
+_PAGE = 1000  # keys per S3 list request (its maximum); a folder level filling one page is large
+# Key-range boundaries: stem + each printable ASCII character. Keys whose next character is
+# outside it (control characters, non-ASCII) land in the first or last range of their stem.
+_SPLIT_CHARS = tuple(chr(c) for c in range(0x20, 0x7F))
+_MAX_SPLIT_DEPTH = 3  # characters after a folder's prefix used to split its key space
+_PROBE_THREADS = 32  # concurrent one-page probes made by the driver while planning key ranges
 
 
 @dataclass(frozen=True)
 class Unit:
     """One piece of a source, turned into rows by one task."""
 
-    kind: str  # "prefixes" (listed recursively), "uris" (already listed), "table" (a manifest file)
+    # "prefixes" (listed recursively), "uris" (already listed), "keyrange" (keys of an S3 folder
+    # in (after, upto], listed recursively), "table" (a manifest file)
+    kind: str
     items: tuple[str, ...]
+    key_range: tuple[str | None, str | None] | None = None  # (after, upto] of a "keyrange" unit
     row_groups: tuple[int, int] | None = None  # Parquet slice [start, stop) of a "table" unit
     csv_columns: tuple[str, ...] | None = None  # names for a header-less CSV (S3 Inventory)
 
@@ -79,33 +90,154 @@ def plan_units(cfg: InputConfig, parallelism: int) -> list[Unit]:
         return _prefix_units(cfg, parallelism)
     if cfg.manifest.endswith("manifest.json"):
         return _inventory_units(cfg)
-    return [unit for path in _manifest_files(cfg) for unit in _table_units(path, cfg.storage_options)]
+    return [unit for path in _manifest_files(cfg)
+            for unit in _table_units(path, cfg.storage_options)]
 
 
 def _prefix_units(cfg: InputConfig, parallelism: int) -> list[Unit]:
-    """Breadth-first over sub-prefixes until there are enough to list in parallel."""
+    """Breadth-first over sub-prefixes until there are enough to list in parallel.
+
+    On S3 a folder whose own level fills a list page (a flat prefix of many keys, or very many
+    sub-folders) is not listed by the driver: it becomes key-range units (see
+    :func:`key_range_units`), each listed recursively by one task.
+    """
     fs, root = io.filesystem(cfg.uri or "", cfg.storage_options)
     if not fs.exists(root):
         raise ConfigError(f"input prefix {cfg.uri!r} does not exist or is not readable")
     wanted = tuple(e.lower() for e in cfg.extensions)
-    level, loose = [root], []
+    level, loose, units = [root], [], []
     for _ in range(_MAX_DEPTH):
-        if len(level) >= parallelism:
+        if len(level) + len(units) >= parallelism:
             break
         below = []
         for folder in level:
-            for entry in fs.ls(folder, detail=True):
-                if entry["type"] == "directory":
-                    below.append(entry["name"])
-                elif entry["name"].lower().endswith(wanted):
-                    loose.append(io.to_uri(fs, entry["name"]))
+            listed = _list_level(fs, folder)
+            if listed is None:
+                units += key_range_units(fs, folder, parallelism)
+                continue
+            folders, files = listed
+            below += folders
+            loose += [io.to_uri(fs, f) for f in files if f.lower().endswith(wanted)]
         fs.invalidate_cache()  # listings of millions of keys must not stay in fsspec's cache
         level = sorted(below)
     per_unit = max(1, math.ceil(len(level) / parallelism))
-    units = [Unit("prefixes", tuple(io.to_uri(fs, p) for p in group)) for group in _chunks(level, per_unit)]
+    units += [Unit("prefixes", tuple(io.to_uri(fs, p) for p in group))
+              for group in _chunks(level, per_unit)]
     loose.sort()
     units += [Unit("uris", tuple(group)) for group in _chunks(loose, _LOOSE_PER_UNIT)]
     return units or [Unit("uris", ())]
+
+
+def _list_level(fs: Any, folder: str) -> tuple[list[str], list[str]] | None:
+    """(sub-folders, files) directly under ``folder``; None for an S3 folder level too large
+    to list on the driver (more entries than one list page)."""
+    if not io.lists_key_ranges(fs):
+        entries = fs.ls(folder, detail=True)
+        return ([e["name"] for e in entries if e["type"] == "directory"],
+                [e["name"] for e in entries if e["type"] != "directory"])
+    keys, prefixes, truncated = io.list_page(fs, folder, None, _PAGE, delimiter="/")
+    if truncated:
+        return None
+    if not keys and not prefixes:  # the input is one object, not a folder
+        return [], [e["name"] for e in fs.ls(folder, detail=True) if e["type"] != "directory"]
+    bucket = fs.split_path(folder)[0]
+    return ([f"{bucket}/{p.rstrip('/')}" for p in prefixes],
+            [f"{bucket}/{k}" for k in keys if not k.endswith("/")])
+
+
+# --- key ranges of large S3 folders -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """Keys k with after < k <= upto (None: unbounded), most of them starting with ``stem``."""
+
+    after: str | None
+    upto: str | None
+    stem: str
+
+
+def _inside(key: str, after: str | None, upto: str | None) -> bool:
+    return (after is None or key > after) and (upto is None or key < upto)
+
+
+def split_range(r: KeyRange) -> list[KeyRange]:
+    """Cut a range at ``stem + c`` for each printable ASCII c: contiguous pieces covering it.
+
+    Python orders str by code point, as S3 orders keys by UTF-8 bytes, so the pieces partition
+    the keys exactly whatever characters they hold; only the split points are ASCII.
+    """
+    bounds = [r.stem + c for c in _SPLIT_CHARS if _inside(r.stem + c, r.after, r.upto)]
+    edges = [r.after, *bounds, r.upto]
+    # A piece (stem+c, stem+d] holds keys starting with stem+c; the first piece holds the stem
+    # itself and keys continuing below the first split character.
+    stems = [r.stem, *bounds]
+    return [KeyRange(edges[i], edges[i + 1], stems[i]) for i in range(len(edges) - 1)]
+
+
+def key_range_units(fs: Any, folder: str, parallelism: int) -> list[Unit]:
+    """Cut an S3 folder's keys (recursive) into contiguous ranges of similar size.
+
+    The driver probes each range with one list request of a page: a range that fills the page
+    is large and is split by the next character, up to ``_MAX_SPLIT_DEPTH`` characters or until
+    there are ``parallelism`` large ranges. Consecutive small ranges are merged into units of up
+    to ``_LOOSE_PER_UNIT`` keys; each large range is a unit. The driver never holds the keys.
+    """
+    bucket, key, _ = fs.split_path(folder)
+    prefix = key.rstrip("/") + "/" if key else ""
+    ranges = [KeyRange(None, None, prefix)]
+    sizes: dict[KeyRange, int] = {ranges[0]: _PAGE}  # the folder fills a page: known large
+    with ThreadPoolExecutor(_PROBE_THREADS) as pool:
+        for _ in range(_MAX_SPLIT_DEPTH):
+            large = [r for r in ranges if sizes[r] >= _PAGE]
+            if not large or len(large) >= parallelism:
+                break
+            ranges = [piece for r in ranges
+                      for piece in (split_range(r) if sizes[r] >= _PAGE else [r])]
+            fresh = [r for r in ranges if r not in sizes]
+            sizes.update(zip(fresh, pool.map(lambda r: _probe(fs, folder, r), fresh), strict=True))
+    root = io.to_uri(fs, f"{bucket}/{prefix}".rstrip("/"))
+    units: list[Unit] = []
+    start: str | None = None  # the open run of small ranges begins after this key
+    pending, run_open = 0, False  # keys seen in the open run
+    for r in ranges:
+        if sizes[r] >= _PAGE:
+            if run_open:
+                units.append(Unit("keyrange", (root,), (start, r.after)))
+            units.append(Unit("keyrange", (root,), (r.after, r.upto)))
+            start, pending, run_open = r.upto, 0, False
+            continue
+        if run_open and pending + sizes[r] > _LOOSE_PER_UNIT:
+            units.append(Unit("keyrange", (root,), (start, r.after)))
+            start, pending = r.after, 0
+        pending, run_open = pending + sizes[r], True
+    if run_open:
+        units.append(Unit("keyrange", (root,), (start, None)))
+    return units
+
+
+def _probe(fs: Any, folder: str, r: KeyRange) -> int:
+    """Keys of ``r`` in its first page (``_PAGE`` means at least a page: large)."""
+    keys, _, truncated = io.list_page(fs, folder, r.after, _PAGE)
+    inside = [k for k in keys if r.upto is None or k <= r.upto]
+    return _PAGE if truncated and len(inside) == len(keys) else min(len(inside), _PAGE - 1)
+
+
+def _range_uris(fs: Any, folder: str, after: str | None, upto: str | None,
+                wanted: tuple[str, ...]) -> list[str]:
+    """Every key of a folder in (after, upto] with a wanted extension, page by page."""
+    bucket = fs.split_path(folder)[0]
+    found = []
+    while True:
+        keys, _, truncated = io.list_page(fs, folder, after, _PAGE)
+        for k in keys:
+            if upto is not None and k > upto:
+                return found
+            if k.lower().endswith(wanted):
+                found.append(io.to_uri(fs, f"{bucket}/{k}"))
+        if not truncated or not keys:
+            return found
+        after = keys[-1]
 
 
 def _manifest_files(cfg: InputConfig) -> list[str]:
@@ -125,7 +257,9 @@ def _manifest_files(cfg: InputConfig) -> list[str]:
     return [io.to_uri(fs, p) for p in sorted(found)]
 
 
-def _table_units(uri: str, storage_options: dict[str, Any], csv_columns: tuple[str, ...] | None = None) -> list[Unit]:
+def _table_units(
+    uri: str, storage_options: dict[str, Any], csv_columns: tuple[str, ...] | None = None
+) -> list[Unit]:
     """A CSV file is one unit; a Parquet file is cut into slices of whole row groups."""
     if uri.lower().endswith((".csv", ".csv.gz")):
         return [Unit("table", (uri,), csv_columns=csv_columns)]
@@ -152,7 +286,9 @@ def _inventory_units(cfg: InputConfig) -> list[Unit]:
         destination = str(report["destinationBucket"]).split(":::")[-1]
         keys = [f["key"] for f in report["files"]]
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{cfg.manifest!r} is not an S3 Inventory manifest.json: {exc!r}") from exc
+        raise ConfigError(
+            f"{cfg.manifest!r} is not an S3 Inventory manifest.json: {exc!r}"
+        ) from exc
     if fmt not in ("parquet", "csv"):
         raise ConfigError(f"S3 Inventory format {fmt!r} is not supported (use Parquet or CSV)")
     scheme = cfg.manifest.split("://", 1)[0] if "://" in cfg.manifest else "s3"
@@ -172,7 +308,7 @@ def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
 
 
 def _snake(name: str) -> str:
-    """S3 Inventory column names: ``IsDeleteMarker`` in CSV schemas, ``is_delete_marker`` in Parquet."""
+    """S3 Inventory column names: ``IsDeleteMarker`` in CSV, ``is_delete_marker`` in Parquet."""
     name = name.strip()
     return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))
 
@@ -184,6 +320,11 @@ def unit_uris(unit: Unit, cfg: InputConfig) -> list[str]:
     """Every URI of one unit (extension-filtered for listings and inventories)."""
     if unit.kind == "uris":
         return list(unit.items)
+    if unit.kind == "keyrange":
+        assert unit.key_range is not None
+        fs, folder = io.filesystem(unit.items[0], cfg.storage_options)
+        wanted = tuple(e.lower() for e in cfg.extensions)
+        return _range_uris(fs, folder, *unit.key_range, wanted)
     if unit.kind == "prefixes":
         fs, _ = io.filesystem(unit.items[0], cfg.storage_options)
         wanted = tuple(e.lower() for e in cfg.extensions)
@@ -210,7 +351,9 @@ def _table_rows(unit: Unit, cfg: InputConfig) -> list[str]:
     return table_uris(table, cfg, source=uri, url_encoded=unit.csv_columns is not None)
 
 
-def table_uris(table: pa.Table, cfg: InputConfig, source: str, url_encoded: bool = False) -> list[str]:
+def table_uris(
+    table: pa.Table, cfg: InputConfig, source: str, url_encoded: bool = False
+) -> list[str]:
     """URIs of a manifest table: its URI column, or ``bucket`` + ``key`` (S3 Inventory style).
 
     Inventory rows that are delete markers or non-current versions are dropped and keys are
@@ -234,7 +377,8 @@ def table_uris(table: pa.Table, cfg: InputConfig, source: str, url_encoded: bool
     wanted = tuple(e.lower() for e in cfg.extensions)
     scheme = "s3"
     out = []
-    for bucket, key in zip(table.column("bucket").to_pylist(), table.column("key").to_pylist(), strict=True):
+    buckets, keys = table.column("bucket").to_pylist(), table.column("key").to_pylist()
+    for bucket, key in zip(buckets, keys, strict=True):
         if not bucket or not key:
             continue
         key = unquote_plus(key) if url_encoded else key
@@ -322,7 +466,8 @@ def unique_rows(table: pa.Table) -> pa.Table:
     unique, counts = np.unique(ids, return_counts=True)
     if len(unique) != len(ids):
         clash = unique[counts > 1][0]
-        names = [u for u, i in zip(table.column(Col.URI).to_pylist(), ids, strict=True) if i == clash]
+        uris = table.column(Col.URI).to_pylist()
+        names = [u for u, i in zip(uris, ids, strict=True) if i == clash]
         raise ConfigError(f"two distinct URIs hash to one image_id ({names}); rename one of them")
     return table.cast(MANIFEST_SCHEMA)
 
@@ -334,7 +479,7 @@ def count_pending(ids: np.ndarray, done: Any) -> int:
 
         done = ray.get(done)
     if len(done) == 0:
-        return int(len(ids))
+        return len(ids)
     return int(np.sum(~np.isin(ids, done)))
 
 

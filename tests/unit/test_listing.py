@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 import json
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +81,8 @@ def test_parallel_listing_of_a_bucket(s3_bucket: tuple[str, dict], tmp_path: Pat
     cfg = InputConfig(uri=f"{bucket}/imgs", storage_options=options)
     units = listing.plan_units(cfg, parallelism=4)
     assert all(item.startswith("s3://") for unit in units for item in unit.items)
-    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=15, parallelism=4)
+    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=15,
+                                  parallelism=4)
     _check_shards(shards, expected)
     assert sorted(manifest.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
 
@@ -87,7 +91,8 @@ def test_parallel_listing_of_a_bucket(s3_bucket: tuple[str, dict], tmp_path: Pat
 def test_parallel_listing_into_several_shards(tmp_path: Path) -> None:
     expected = _tree(tmp_path / "images", n_dirs=6, per_dir=5, loose=3)
     cfg = InputConfig(uri=str(tmp_path / "images"))
-    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=10, parallelism=4)
+    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=10,
+                                  parallelism=4)
     assert len(shards.uris) == 4  # ceil(33 / 10)
     _check_shards(shards, expected)
     assert shards.pending == shards.rows
@@ -95,8 +100,10 @@ def test_parallel_listing_into_several_shards(tmp_path: Path) -> None:
     # The shards agree with the in-process manifest (same ids, same URIs).
     assert sorted(manifest.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
     # Rebuilding replaces the old shards (no stale part files left behind).
-    again = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=100, parallelism=4)
-    assert len(again.uris) == 1 and sorted(p.name for p in (tmp_path / "m").iterdir()) == ["part-00000.parquet"]
+    again = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=100,
+                                  parallelism=4)
+    assert len(again.uris) == 1
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["part-00000.parquet"]
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -107,7 +114,8 @@ def test_pending_counts_and_limit(tmp_path: Path) -> None:
     shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, done, shard_rows=6, parallelism=4)
     assert shards.images == 20 and shards.pending_images == 13
     assert listing.missing_images(shards, {}, done) == 13
-    assert listing.missing_images(shards, {}, np.array([manifest.image_id(u) for u in expected])) == 0
+    all_done = np.array([manifest.image_id(u) for u in expected])
+    assert listing.missing_images(shards, {}, all_done) == 0
     first = [u for t in _read_shards(shards) for u in t.column(Col.URI).to_pylist()][:9]
     limited = listing.build_shards(cfg.model_copy(update={"limit": 9}), str(tmp_path / "m"), {},
                                    NO_DONE, shard_rows=6, parallelism=4)
@@ -124,14 +132,15 @@ def test_sharded_manifest_folder_deduplicates_across_shards(tmp_path: Path, monk
     folder.mkdir()
     uris = [f"s3://b/img/{i:04d}.jpg" for i in range(50)]
     pq.write_table(pa.table({"uri": uris[:30]}), folder / "a.parquet", row_group_size=7)
-    pq.write_table(pa.table({"uri": uris[20:45] + [None, ""]}), folder / "b.parquet")
+    pq.write_table(pa.table({"uri": [*uris[20:45], None, ""]}), folder / "b.parquet")
     pacsv.write_csv(pa.table({"uri": uris[40:] + uris[:3]}), folder / "c.csv")
     (folder / "README.txt").write_text("not a table")
     monkeypatch.setattr(listing, "_PARQUET_ROWS_PER_UNIT", 10)  # a.parquet -> several slices
     cfg = InputConfig(manifest=str(folder))
     units = listing.plan_units(cfg, parallelism=8)
     assert [u.items[0].rsplit("/", 1)[-1] for u in units].count("a.parquet") == 3
-    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=20, parallelism=8)
+    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=20,
+                                  parallelism=8)
     _check_shards(shards, uris)
     # A glob picks a subset of the shards.
     glob_cfg = InputConfig(manifest=str(folder / "*.parquet"))
@@ -153,19 +162,22 @@ def _inventory(fs, bucket: str, fmt: str) -> tuple[str, list[str]]:
         key = f"inv/src/cfg/data/part-{part}.{'parquet' if fmt == 'Parquet' else 'csv.gz'}"
         if fmt == "Parquet":
             table = pa.table({"bucket": [r[0] for r in chunk], "key": [r[1] for r in chunk],
-                              "is_latest": [r[2] for r in chunk], "is_delete_marker": [r[3] for r in chunk],
+                              "is_latest": [r[2] for r in chunk],
+                              "is_delete_marker": [r[3] for r in chunk],
                               "size": [10] * len(chunk)})
             with fs.open(f"{bucket}/{key}", "wb") as handle:
                 pq.write_table(table, handle)
         else:
             from urllib.parse import quote_plus
 
-            lines = "".join(f'"{b}","{quote_plus(k, safe="/")}","{str(lat).lower()}","{str(dm).lower()}","10"\n'
+            lines = "".join(f'"{b}","{quote_plus(k, safe="/")}",'
+                            f'"{str(lat).lower()}","{str(dm).lower()}","10"\n'
                             for b, k, lat, dm in chunk)
             with fs.open(f"{bucket}/{key}", "wb", compression="gzip") as handle:
                 handle.write(lines.encode())
         data_keys.append(key)
-    report = {"sourceBucket": "src", "destinationBucket": f"arn:aws:s3:::{bucket}", "fileFormat": fmt,
+    report = {"sourceBucket": "src", "destinationBucket": f"arn:aws:s3:::{bucket}",
+              "fileFormat": fmt,
               "fileSchema": "Bucket, Key, IsLatest, IsDeleteMarker, Size",
               "files": [{"key": k, "size": 1, "MD5checksum": "0"} for k in data_keys]}
     fs.pipe(f"{bucket}/inv/src/cfg/2026-11-01T00-00Z/manifest.json", json.dumps(report).encode())
@@ -204,7 +216,8 @@ def test_inventory_style_table_and_clear_errors(tmp_path: Path) -> None:
 
 def test_unique_rows_drops_repeats_and_rejects_collisions() -> None:
     uris = ["s3://b/2.jpg", "s3://b/1.jpg", "s3://b/2.jpg"]
-    table = pa.table({Col.IMAGE_ID: listing.ids_of(uris), Col.URI: uris}, schema=listing.MANIFEST_SCHEMA)
+    table = pa.table({Col.IMAGE_ID: listing.ids_of(uris), Col.URI: uris},
+                     schema=listing.MANIFEST_SCHEMA)
     assert listing.unique_rows(table).column(Col.URI).to_pylist() == ["s3://b/1.jpg", "s3://b/2.jpg"]
     clash = pa.table({Col.IMAGE_ID: pa.array([7, 7], pa.int64()), Col.URI: ["s3://b/x", "s3://b/y"]})
     with pytest.raises(ConfigError, match="hash to one image_id"):
@@ -220,3 +233,100 @@ def test_id_ranges_read_only_overlapping_row_groups(tmp_path: Path) -> None:
     assert got.column(Col.IMAGE_ID).to_pylist() == ids[250:420].tolist()
     top = listing._read_id_range(str(tmp_path / "p.parquet"), int(ids[990]), 1 << 63, {})
     assert top.num_rows == 10
+
+
+# --- key ranges of large flat S3 folders --------------------------------------------------------
+
+ODD_NAMES = ["a.jpg", "a", "ab.jpg", "A.png", "~z.jpg", "é.jpg", "日本.png", "\x01ctl.jpg",
+             " space.jpg", "zz/deep.jpg", "0" * 40 + ".jpg", "}.jpg", "\x7f.jpg"]
+
+
+def _owner(ranges: list[listing.KeyRange], key: str) -> int:
+    """The one range holding ``key`` (the ranges are checked to be contiguous and increasing)."""
+    uppers = [r.upto for r in ranges[:-1]]
+    index = bisect.bisect_left(uppers, key)
+    r = ranges[index]
+    assert (r.after is None or key > r.after) and (r.upto is None or key <= r.upto)
+    return index
+
+
+def test_split_range_partitions_any_keys() -> None:
+    rng = np.random.default_rng(0)
+    alphabet = [*"0123456789abcdefXYZ-_ ~/.", "é", "日", "\x02", "\x7f"]
+    keys = ["p/" + "".join(rng.choice(alphabet, size=rng.integers(0, 6))) for _ in range(3000)]
+    keys += ["p/" + name for name in ODD_NAMES] + ["p/"]
+    ranges = [listing.KeyRange(None, None, "p/")]
+    for _ in range(3):  # split three levels deep every range holding several keys
+        crowded = {i for i, n in Counter(_owner(ranges, k) for k in keys).items() if n > 1}
+        ranges = [piece for i, r in enumerate(ranges)
+                  for piece in (listing.split_range(r) if i in crowded else [r])]
+        assert ranges[0].after is None and ranges[-1].upto is None
+        assert all(a.upto == b.after for a, b in pairwise(ranges))
+        assert all(r.after is None or r.upto is None or r.after < r.upto for r in ranges)
+    assert len(ranges) > 1000
+    # Pieces follow the stem: keys starting "p/ab" share the piece ("p/ab", "p/ac"].
+    piece = ranges[_owner(ranges, "p/ab.jpg")]
+    assert (piece.after, piece.upto, piece.stem) == ("p/ab", "p/ac", "p/ab")
+    assert _owner(ranges, "p/ab.jpg") == _owner(ranges, "p/abc")
+
+
+def _flat_bucket(s3_bucket: tuple[str, dict], n: int) -> tuple[str, dict, list[str]]:
+    import s3fs
+
+    bucket, options = s3_bucket
+    fs = s3fs.S3FileSystem(**options)
+    name = bucket.removeprefix("s3://")
+    rng = np.random.default_rng(1)
+    names = [f"{rng.bytes(4).hex()}.png" for _ in range(n)] + ODD_NAMES + ["notes.txt"]
+    fs.pipe({f"{name}/flat/{k}": b"x" for k in names})
+    fs.pipe(f"{name}/flat2/outside.jpg", b"x")  # a sibling folder sorting right after the prefix
+    wanted = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+    expected = sorted(f"s3://{name}/flat/{k}" for k in names if k.lower().endswith(wanted))
+    return f"{bucket}/flat", options, expected
+
+
+def test_flat_bucket_prefix_is_cut_into_key_ranges(
+    s3_bucket: tuple[str, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uri, options, expected = _flat_bucket(s3_bucket, 300)
+    monkeypatch.setattr(listing, "_PAGE", 16)  # a level of more than 16 keys counts as large
+    monkeypatch.setattr(listing, "_LOOSE_PER_UNIT", 40)
+    cfg = InputConfig(uri=uri, storage_options=options)
+    units = listing.plan_units(cfg, parallelism=8)
+    # The driver holds ranges, not keys: every unit is a key range of the folder.
+    assert len(units) > 8 and {u.kind for u in units} == {"keyrange"}
+    assert all(u.items == (uri,) for u in units)
+    bounds = [u.key_range for u in units]
+    assert bounds[0][0] is None and bounds[-1][1] is None
+    assert all(a[1] == b[0] for a, b in pairwise(bounds))
+    got = [u for unit in units for u in listing.unit_uris(unit, cfg)]
+    assert sorted(got) == expected and len(got) == len(set(got))
+    # A single object as the input is still one image.
+    one = InputConfig(uri=expected[0], storage_options=options)
+    assert [u for unit in listing.plan_units(one, 8) for u in listing.unit_uris(unit, one)] == [
+        expected[0]]
+    # Units are balanced: none lists much more than a few pages.
+    assert max(len(listing.unit_uris(u, cfg)) for u in units) <= 60
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_flat_and_nested_bucket_shards(
+    s3_bucket: tuple[str, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    uri, options, flat = _flat_bucket(s3_bucket, 120)
+    monkeypatch.setattr(listing, "_PAGE", 16)
+    fs = s3fs.S3FileSystem(**options)
+    name = uri.removeprefix("s3://").split("/")[0]
+    small = [f"{name}/small/{i}.jpg" for i in range(5)]
+    fs.pipe({k: b"x" for k in small})
+    # The bucket root: a small level (flat/, flat2/, small/) explored by folders; flat/ is
+    # large and becomes key ranges, the files of the small ones are listed by the driver.
+    cfg = InputConfig(uri=f"s3://{name}", storage_options=options)
+    units = listing.plan_units(cfg, parallelism=4)
+    assert {u.kind for u in units} == {"keyrange", "uris"}
+    expected = sorted(flat + [f"s3://{name}/flat2/outside.jpg"] + [f"s3://{k}" for k in small])
+    shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=50,
+                                  parallelism=4)
+    _check_shards(shards, expected)
