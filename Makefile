@@ -21,4 +21,5 @@ demo: venv
 	$(BIN)/python jobs/demo.py --model "$(MODEL)" --workdir "$(DEMO_DIR)"
 
 test: venv
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

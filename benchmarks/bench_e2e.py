@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import ray  # noqa: E402
+import ray
 
-from iqa_ray.config import RunConfig  # noqa: E402
-from iqa_ray.pipeline import run  # noqa: E402
-from iqa_ray.samples import make_sample_images  # noqa: E402
-from iqa_ray.smoke import build_tiny_llava  # noqa: E402
+from iqa_ray.config import RunConfig
+from iqa_ray.pipeline import run
+from iqa_ray.samples import make_sample_images
+from iqa_ray.smoke import build_tiny_llava
 
 
 def one_run(images: Path, out: Path, model: dict, methods: list[str]) -> tuple[float, dict]:
@@ -59,8 +59,13 @@ def main() -> None:
     # images once so both measured rows start from the same warm cluster.
     make_sample_images(work / "warmup", 8, size=(320, 240))
     one_run(work / "warmup", work / "out_warmup", {"backend": "fake"}, methods)
-    print(f"\n{args.images} images of 320x240, methods {methods}, 2 CPU cores, after a warm-up run\n")
-    print(f"| backend | images | rows | seconds | images/s | rows/s |\n| --- | --- | --- | --- | --- | --- |")
+    print(
+        f"\n{args.images} images of 320x240, methods {methods}, 2 CPU cores, after a warm-up run\n"
+    )
+    print(
+        "| backend | images | rows | seconds | images/s | rows/s |\n"
+        "| --- | --- | --- | --- | --- | --- |"
+    )
     for name, model in cases:
         seconds, summary = one_run(work / "images", work / f"out_{len(name)}", model, methods)
         rows = summary["rows_written"]

@@ -55,7 +55,7 @@ def measure(folder: str) -> dict:
     done = manifest.done_ids(keys, METHODS, retry_errors=False)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"rows": keys.num_rows, "done": int(len(done)), "seconds": seconds,
+    return {"rows": keys.num_rows, "done": len(done), "seconds": seconds,
             "peak_growth_mb": (peak - before) / 1024, "done_mb": done.nbytes / 2**20,
             "keys_mb": keys.nbytes / 2**20}
 
@@ -68,7 +68,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(measure(args.child)))
         return
-    print("| images | score rows | seconds | keys table MB | done set MB | peak RSS growth MB | bytes/image |")
+    print("| images | score rows | seconds | keys table MB | done set MB "
+          "| peak RSS growth MB | bytes/image |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     extrapolate = []
     with tempfile.TemporaryDirectory(prefix="bench_resume_") as tmp:
@@ -80,8 +81,8 @@ def main() -> None:
             r = json.loads(out.strip().splitlines()[-1])
             per_image = r["peak_growth_mb"] * 2**20 / n
             extrapolate.append(per_image)
-            print(f"| {n} | {r['rows']} | {r['seconds']:.1f} | {r['keys_mb']:.0f} | {r['done_mb']:.0f} "
-                  f"| {r['peak_growth_mb']:.0f} | {per_image:.0f} |")
+            print(f"| {n} | {r['rows']} | {r['seconds']:.1f} | {r['keys_mb']:.0f} "
+                  f"| {r['done_mb']:.0f} | {r['peak_growth_mb']:.0f} | {per_image:.0f} |")
     print(f"\nextrapolated peak for 100M images x {len(METHODS)} methods: "
           f"{max(extrapolate) * 1e8 / 2**30:.1f} GiB (done set alone: {8e8 / 2**30:.2f} GiB)")
 

@@ -31,7 +31,8 @@ def make_corpus(folder: Path, n: int) -> None:
         sub = folder / f"{i // 1000:04d}"
         if i % 1000 == 0:
             sub.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(sub / f"{i:07d}.png")
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(sub / f"{i:07d}.png")
 
 
 def rss_bytes(pid: int) -> int:
@@ -106,7 +107,8 @@ def child(images: str, out: str, temp: str) -> None:
     stop.set()
     files = list(Path(out).rglob("part-*.parquet"))
     print("RESULT " + json.dumps({"seconds": seconds, "images": summary["images"],
-                                  "missing": summary["images_missing"], "files": len(files), **peaks}))
+                                  "missing": summary["images_missing"], "files": len(files),
+                                  **peaks}))
     ray.shutdown()
 
 
@@ -119,22 +121,26 @@ def main() -> None:
         child(*args.child)
         return
     work = Path(tempfile.mkdtemp(prefix="iqa_scale_"))
-    print("| images | seconds | images/s | files | driver peak RSS MB | largest worker MB | all workers MB |")
+    print("| images | seconds | images/s | files | driver peak RSS MB "
+          "| largest worker MB | all workers MB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for n in args.sizes:
         images = work / f"images_{n}"
         make_corpus(images, n)
         temp = tempfile.mkdtemp(prefix="iqs_", dir="/tmp")
-        done = subprocess.run([sys.executable, __file__, "--child", str(images), str(work / f"out_{n}"), temp],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(images), str(work / f"out_{n}"), temp],
+            capture_output=True, text=True,
+        )
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(f"| {n} | failed: {done.stderr[-300:]!r} |")
             continue
         r = json.loads(line.removeprefix("RESULT "))
         mb = 1024 * 1024
-        print(f"| {r['images']} | {r['seconds']:.0f} | {r['images'] / r['seconds']:.0f} | {r['files']} | "
-              f"{r['driver'] / mb:.0f} | {r['worker_max'] / mb:.0f} | {r['workers_sum'] / mb:.0f} |", flush=True)
+        print(f"| {r['images']} | {r['seconds']:.0f} | {r['images'] / r['seconds']:.0f} "
+              f"| {r['files']} | {r['driver'] / mb:.0f} | {r['worker_max'] / mb:.0f} "
+              f"| {r['workers_sum'] / mb:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

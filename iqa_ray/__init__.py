@@ -1,4 +1,7 @@
-"""iqa_ray: perceptual image-quality scoring with large multimodal models, at corpus scale on Ray."""
+"""iqa_ray: perceptual image-quality scoring with large multimodal models.
+
+At corpus scale, on Ray.
+"""
 
 from __future__ import annotations
 

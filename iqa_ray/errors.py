@@ -10,7 +10,10 @@ class IqaRayError(Exception):
 
 
 class ConfigError(IqaRayError):
-    """A configuration or contract problem found on the driver: the job fails fast, nothing is written."""
+    """A configuration or contract problem found on the driver.
+
+    The job fails fast, nothing is written.
+    """
 
 
 class RowError(IqaRayError):

@@ -100,7 +100,10 @@ def to_rgb_array(img: Image.Image) -> np.ndarray:
 
 
 def resize_max_side(arr: np.ndarray, max_side: int | None) -> np.ndarray:
-    """Downscale so the longest side is at most ``max_side`` (bicubic, antialiased); never upscale."""
+    """Downscale so the longest side is at most ``max_side``; never upscale.
+
+    Bicubic, antialiased.
+    """
     height, width = arr.shape[:2]
     if max_side is None or max(height, width) <= max_side:
         return arr

@@ -46,7 +46,9 @@ def build_manifest(cfg: InputConfig) -> pa.Table:
     """
     from iqa_ray import listing
 
-    uris = [u for unit in listing.plan_units(cfg, parallelism=1) for u in listing.unit_uris(unit, cfg)]
+    uris = [
+        u for unit in listing.plan_units(cfg, parallelism=1) for u in listing.unit_uris(unit, cfg)
+    ]
     table = manifest_table(uris)
     if cfg.limit is not None:
         table = table.slice(0, cfg.limit)
@@ -56,7 +58,10 @@ def build_manifest(cfg: InputConfig) -> pa.Table:
 def load_score_keys(scores_uri: str, storage_options: dict[str, Any] | None) -> pa.Table:
     """Read only the key columns (image_id, method, error_code, attempt) of committed scores."""
     columns = [Col.IMAGE_ID, Col.METHOD, Col.ERROR_CODE, Col.ATTEMPT]
-    tables = [io.read_parquet(f, storage_options, columns) for f in io.list_parquet(scores_uri, storage_options)]
+    tables = [
+        io.read_parquet(f, storage_options, columns)
+        for f in io.list_parquet(scores_uri, storage_options)
+    ]
     if not tables:
         return pa.table(
             {
@@ -97,7 +102,10 @@ def latest_rows(keys: pa.Table) -> pa.Table:
 
 
 def done_ids(keys: pa.Table, methods: list[str], retry_errors: bool) -> np.ndarray:
-    """Ids of images with a current row for every method (and, when retrying, no retryable error)."""
+    """Ids of images with a current row for every method.
+
+    When retrying, the row must also carry no retryable error.
+    """
     if keys.num_rows == 0:
         return np.array([], dtype=np.int64)
     positions = _latest_positions(keys)

@@ -37,7 +37,9 @@ def _sep(label: str, column: str) -> str:
     return f"{label}::{column}"
 
 
-def extra_fields(methods: Sequence[tuple[str, type[ScoringMethod] | ScoringMethod]]) -> list[pa.Field]:
+def extra_fields(
+    methods: Sequence[tuple[str, type[ScoringMethod] | ScoringMethod]],
+) -> list[pa.Field]:
     """Union of the methods' extra columns; one name must keep one type across methods."""
     fields: dict[str, pa.DataType] = {}
     for _, method in methods:
@@ -82,7 +84,9 @@ def wide_table(
     position = {row: k for k, row in enumerate(ok)}
     for label, result in results.items():
         for column, values in result.columns.items():
-            data[_sep(label, column)] = [values[position[i]] if i in position else None for i in range(n)]
+            data[_sep(label, column)] = [
+                values[position[i]] if i in position else None for i in range(n)
+            ]
         codes, messages = [], []
         for i in range(n):
             err = result.errors[position[i]] if i in position else None
@@ -113,7 +117,9 @@ def long_table(wide: pa.Table, labels: Sequence[str], attempt: int, schema: pa.S
                 columns[name] = pa.nulls(n, field.type)
         parts.append(pa.table(columns, schema=schema))
     table = pa.concat_tables(parts)
-    order = pc.sort_indices(table, sort_keys=[(Col.IMAGE_ID, "ascending"), (Col.METHOD, "ascending")])
+    order = pc.sort_indices(
+        table, sort_keys=[(Col.IMAGE_ID, "ascending"), (Col.METHOD, "ascending")]
+    )
     return table.take(order)
 
 

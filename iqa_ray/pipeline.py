@@ -7,7 +7,7 @@ import math
 import platform
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -59,7 +59,8 @@ class RunResult:
     @property
     def infra_failures(self) -> int:
         """Rows whose error is retryable (fetch or model failures), not the input's fault."""
-        return sum(n for code, n in self.summary["rows_by_error_code"].items() if code in RETRYABLE_CODES)
+        by_code = self.summary["rows_by_error_code"]
+        return sum(n for code, n in by_code.items() if code in RETRYABLE_CODES)
 
 
 def run_paths(cfg: RunConfig) -> RunPaths:
@@ -142,12 +143,16 @@ def build_dataset(cfg: RunConfig, shards: listing.Shards, done: np.ndarray, scor
     ds = ds.map_batches(
         FetchImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.fetch.batch_size,
         batch_format="numpy", num_cpus=st.fetch.num_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=st.fetch.min_actors, max_size=st.fetch.max_actors),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=st.fetch.min_actors, max_size=st.fetch.max_actors
+        ),
     )
     ds = ds.map_batches(
         DecodeImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.decode.batch_size,
         batch_format="numpy", num_cpus=st.decode.num_cpus,
-        compute=ray.data.ActorPoolStrategy(min_size=st.decode.min_actors, max_size=st.decode.max_actors),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=st.decode.min_actors, max_size=st.decode.max_actors
+        ),
     )
     ds = ds.map_batches(
         ScoreImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.score.batch_size,
@@ -257,7 +262,7 @@ def run(cfg: RunConfig) -> RunResult:
         "run_id": cfg.resolved_run_id(), "fingerprint": cfg.fingerprint(),
         "config": cfg.model_dump(mode="json"), "data_digests": digests, "versions": versions(),
         "status": "running",
-        "started_at": datetime.now(timezone.utc).isoformat(), "attempt": attempt,
+        "started_at": datetime.now(UTC).isoformat(), "attempt": attempt,
         "counts_at_start": {"images": images, "done": images - pending, "pending": pending,
                             "manifest_shards": len(shards.uris)},
     }
@@ -272,8 +277,10 @@ def run(cfg: RunConfig) -> RunResult:
         _execute(build_dataset(cfg, shards, done, paths.scores, attempt), pending)
     summary = summarize(manifest.load_score_keys(paths.scores, opts), shards, methods, opts)
     if summary["images_missing"]:
-        raise RuntimeError(f"{summary['images_missing']} images have no committed rows: rerun to resume")
-    record.update(status="complete", finished_at=datetime.now(timezone.utc).isoformat(), summary=summary)
+        raise RuntimeError(
+            f"{summary['images_missing']} images have no committed rows: rerun to resume"
+        )
+    record.update(status="complete", finished_at=datetime.now(UTC).isoformat(), summary=summary)
     io.write_json_atomic(paths.run_json, record, opts)
     io.write_bytes_atomic(paths.success, b"", opts)  # the last thing written
     return RunResult(record["run_id"], paths.root, summary)

@@ -40,7 +40,9 @@ def degrade(img: Image.Image, kind: str, rng: np.random.Generator) -> Image.Imag
     return img
 
 
-def make_sample_images(folder: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (96, 72)) -> list[Path]:
+def make_sample_images(
+    folder: str | Path, n: int, seed: int = 0, size: tuple[int, int] = (96, 72)
+) -> list[Path]:
     """Write ``n`` JPEG/PNG images (clean, blurred, noisy, heavily compressed) into ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

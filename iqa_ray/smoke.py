@@ -16,10 +16,14 @@ SMOKE_WARNING = (
 
 # Words every built-in prompt reads; each becomes one token of the tiny tokenizer, both at the
 # start of a turn and after a space.
-_WORDS = (
-    "excellent good fair poor bad Excellent Good Fair Poor Bad Yes No yes no "
-    "inferior worse similar better superior Inferior Worse Similar Better Superior high low"
-).split()
+_WORDS = [
+    "excellent", "good", "fair", "poor", "bad",
+    "Excellent", "Good", "Fair", "Poor", "Bad",
+    "Yes", "No", "yes", "no",
+    "inferior", "worse", "similar", "better", "superior",
+    "Inferior", "Worse", "Similar", "Better", "Superior",
+    "high", "low",
+]
 _CORPUS = [
     "How would you rate the quality of this image?",
     "The quality of the image is",

@@ -122,11 +122,14 @@ class DecodeImages:
 
     def __call__(self, batch: Batch) -> Batch:
         check_columns(batch, self.requires, type(self).__name__)
-        columns = [Col.IMAGE, Col.HEIGHT, Col.WIDTH] + [variant_column(v.key) for v in self._variants]
+        columns = [Col.IMAGE, Col.HEIGHT, Col.WIDTH] + [
+            variant_column(v.key) for v in self._variants
+        ]
         rows: dict[str, list[Any]] = {c: [] for c in columns}
         codes = [str(c) for c in batch[Col.ERROR_CODE]]
         messages = [str(m) for m in batch[Col.ERROR_MESSAGE]]
-        for i, (image_id, data) in enumerate(zip(batch[Col.IMAGE_ID], batch[Col.BYTES], strict=True)):
+        pairs = zip(batch[Col.IMAGE_ID], batch[Col.BYTES], strict=True)
+        for i, (image_id, data) in enumerate(pairs):
             result: dict[str, Any] = {}
             if not codes[i]:  # "" = no error so far (all-null object columns do not survive Arrow)
                 try:
@@ -134,9 +137,11 @@ class DecodeImages:
                 except RowError as err:
                     codes[i], messages[i] = str(err.code), err.message
                 except Exception as exc:  # the per-row boundary of decoding
-                    codes[i], messages[i] = str(ErrorCode.DECODE_FAILED), f"{type(exc).__name__}: {exc}"
+                    codes[i] = str(ErrorCode.DECODE_FAILED)
+                    messages[i] = f"{type(exc).__name__}: {exc}"
             for column in columns:
-                rows[column].append(result.get(column, 0 if column in (Col.HEIGHT, Col.WIDTH) else _PLACEHOLDER))
+                default = 0 if column in (Col.HEIGHT, Col.WIDTH) else _PLACEHOLDER
+                rows[column].append(result.get(column, default))
         out = {Col.IMAGE_ID: batch[Col.IMAGE_ID], Col.URI: batch[Col.URI]}
         out.update({c: object_array(v) for c, v in rows.items()})
         out[Col.HEIGHT] = np.asarray(rows[Col.HEIGHT], dtype=np.int32)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml  # noqa: E402
+import yaml
 
-from iqa_ray.samples import make_sample_images  # noqa: E402
-from iqa_ray.smoke import SMOKE_WARNING, build_tiny_llava  # noqa: E402
+from iqa_ray.samples import make_sample_images
+from iqa_ray.smoke import SMOKE_WARNING, build_tiny_llava
 
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -45,7 +45,8 @@ def main() -> int:
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"config: {path}\nimages: {work / 'images'}\noutput: {work / 'scores'}", file=sys.stderr)
     score = Path(__file__).parent / "score.py"
-    return subprocess.run([sys.executable, str(score), "--config", str(path)], check=False).returncode
+    command = [sys.executable, str(score), "--config", str(path)]
+    return subprocess.run(command, check=False).returncode
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
-from iqa_ray.attiqa.train_config import TrainConfig, load_train_config  # noqa: E402
-from iqa_ray.errors import ConfigError  # noqa: E402
-from iqa_ray.logs import setup_logging  # noqa: E402
+from iqa_ray.attiqa.train_config import TrainConfig, load_train_config
+from iqa_ray.errors import ConfigError
+from iqa_ray.logs import setup_logging
 
 
 def train(cfg: TrainConfig, address: str | None) -> dict:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
-import yaml  # noqa: E402
+import yaml
 
-from iqa_ray.attiqa.selection import SelectionRequest, load_candidates, run_selection  # noqa: E402
+from iqa_ray.attiqa.selection import SelectionRequest, load_candidates, run_selection
 
 
 def main() -> int:

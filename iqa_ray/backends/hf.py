@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from iqa_ray.config import ModelConfig
 
 logger = logging.getLogger(__name__)
-_INSTALL_HINT = "the transformers backend needs torch and transformers (core dependencies): pip install -e ."
+_INSTALL_HINT = (
+    "the transformers backend needs torch and transformers (core dependencies): pip install -e ."
+)
 
 
 def resolve_model_source(cfg: ModelConfig) -> str:

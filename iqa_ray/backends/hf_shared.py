@@ -129,10 +129,11 @@ class SharedPrefixRunner:
         """
         first = prompts[0]
         key = first.image_keys[:1]
-        probe = [first] + [
+        peers = [
             p for p in prompts[1:]
             if key and p.image_keys[:1] == key and p.question == first.question
-        ][:2]
+        ]
+        probe = [first, *peers[:2]]
         saved = dataclasses.replace(self.b.stats)
         try:
             shared = self._run_shared(probe)

@@ -31,7 +31,6 @@ Written for transformers 5.17 to 5.23: only constructor keywords both versions a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from tests.archs.common import build_bpe_tokenizer, finish
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray
+from ray.cluster_utils import Cluster
 
-from iqa_ray.config import RunConfig  # noqa: E402
-from iqa_ray.pipeline import run  # noqa: E402
-from tests.faults.node_loss_run import node_loss  # noqa: E402
+from iqa_ray.config import RunConfig
+from iqa_ray.pipeline import run
+from tests.faults.node_loss_run import node_loss
 
 
 def main() -> None:

@@ -107,7 +107,10 @@ def test_score_job_on_a_local_ray_whose_cpus_the_stages_fill(tmp_path: Path) -> 
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
-        [sys.executable, "jobs/score.py", "--config", str(path), "--run-id", "busy", "--address", "local"],
+        [
+            sys.executable, "jobs/score.py", "--config", str(path),
+            "--run-id", "busy", "--address", "local",
+        ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

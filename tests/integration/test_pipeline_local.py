@@ -1,4 +1,7 @@
-"""The pipeline on local Ray with the fake backend: counts, errors, resume and the fingerprint guard."""
+"""The pipeline on local Ray with the fake backend.
+
+Counts, errors, resume and the fingerprint guard.
+"""
 
 from __future__ import annotations
 
@@ -99,7 +102,8 @@ def test_crash_then_resume_has_no_duplicates_or_gaps(tmp_path: Path) -> None:
     df = read_scores(result.uri)
     assert_reconciled(df, set(expected), METHODS)
     record = json.loads((Path(result.uri) / "run.json").read_text())
-    assert record["summary"]["manifest_shards"] == 4 == len(list(Path(result.uri, "manifest").iterdir()))
+    shard_files = list(Path(result.uri, "manifest").iterdir())
+    assert record["summary"]["manifest_shards"] == 4 == len(shard_files)
     assert record["counts_at_start"]["pending"] == len(expected) - partial["image_id"].nunique()
     # Rows committed before the crash were kept, not recomputed.
     kept = df.merge(partial, on=["image_id", "method"], suffixes=("", "_before"))

@@ -82,16 +82,18 @@ def test_word_ids_resolved_from_tokenizer(backend: TransformersBackend) -> None:
     text = backend.render(Prompt((), QUESTION, ANSWER_PREFIX, WORDS))
     assert text.endswith(ANSWER_PREFIX)
     # After "... is" the word follows a space.
-    assert backend.word_id(text, "excellent") == tok.encode(" excellent", add_special_tokens=False)[0]
+    expected = tok.encode(" excellent", add_special_tokens=False)[0]
+    assert backend.word_id(text, "excellent") == expected
     # At the start of a turn that ends in a newline, the bare word is read.
-    assert backend.word_id("ASSISTANT:\n", "Good") == tok.encode("Good", add_special_tokens=False)[0]
+    expected = tok.encode("Good", add_special_tokens=False)[0]
+    assert backend.word_id("ASSISTANT:\n", "Good") == expected
     assert backend.word_id("ASSISTANT:\n", "Good") != backend.word_id("is", "Good")
 
 
 def test_multi_token_word_is_a_clear_error(tiny_model_dir: Path) -> None:
     strict = TransformersBackend(ModelConfig(id=str(tiny_model_dir)))
     prompt = Prompt((), QUESTION, ANSWER_PREFIX, ("zebracorn", "good"))
-    with pytest.raises(ConfigError, match="zebracorn.*tokens"):
+    with pytest.raises(ConfigError, match=r"zebracorn.*tokens"):
         strict.check_words([prompt])
     lenient = TransformersBackend(ModelConfig(id=str(tiny_model_dir), word_policy="first"))
     lenient.check_words([prompt])

@@ -65,7 +65,13 @@ def test_manifest_independent_of_listing_order() -> None:
     assert first.equals(second)
     assert first.schema.equals(manifest.MANIFEST_SCHEMA)
     assert first.column(Col.URI).to_pylist() == sorted(uris)
-    pairs = dict(zip(first.column(Col.URI).to_pylist(), first.column(Col.IMAGE_ID).to_pylist()))
+    pairs = dict(
+        zip(
+            first.column(Col.URI).to_pylist(),
+            first.column(Col.IMAGE_ID).to_pylist(),
+            strict=True,
+        )
+    )
     assert pairs == {u: documented_id(u) for u in uris}
 
 

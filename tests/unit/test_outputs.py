@@ -65,7 +65,13 @@ def _row(table: pa.Table, image_id: int, method: str) -> dict[str, object]:
 
 def test_one_row_per_image_and_method_sorted(long: pa.Table) -> None:
     assert long.num_rows == 4 * len(LABELS)
-    pairs = list(zip(long.column(Col.IMAGE_ID).to_pylist(), long.column(Col.METHOD).to_pylist()))
+    pairs = list(
+        zip(
+            long.column(Col.IMAGE_ID).to_pylist(),
+            long.column(Col.METHOD).to_pylist(),
+            strict=True,
+        )
+    )
     assert pairs == sorted(pairs)
     assert set(pairs) == {(i, m) for i in (10, 20, 30, 40) for m in LABELS}
     assert set(long.column(Col.ATTEMPT).to_pylist()) == {2}
