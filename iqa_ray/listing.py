@@ -180,8 +180,9 @@ def key_range_units(fs: Any, folder: str, parallelism: int) -> list[Unit]:
 
     The driver probes each range with one list request of a page: a range that fills the page
     is large and is split by the next character, up to ``_MAX_SPLIT_DEPTH`` characters or until
-    there are ``parallelism`` large ranges. Consecutive small ranges are merged into units of up
-    to ``_LOOSE_PER_UNIT`` keys; each large range is a unit. The driver never holds the keys.
+    there are ``parallelism`` large ranges. Consecutive small ranges are merged into units of
+    about their total / ``parallelism`` keys (at least a page, at most ``_LOOSE_PER_UNIT``);
+    each large range is a unit. The driver never holds the keys.
     """
     bucket, key, _ = fs.split_path(folder)
     prefix = key.rstrip("/") + "/" if key else ""
@@ -197,6 +198,9 @@ def key_range_units(fs: Any, folder: str, parallelism: int) -> list[Unit]:
             fresh = [r for r in ranges if r not in sizes]
             sizes.update(zip(fresh, pool.map(lambda r: _probe(fs, folder, r), fresh), strict=True))
     root = io.to_uri(fs, f"{bucket}/{prefix}".rstrip("/"))
+    # Runs of small ranges are sized so that they too spread over ``parallelism`` tasks.
+    small = sum(n for n in sizes.values() if n < _PAGE)
+    cap = max(_PAGE, min(_LOOSE_PER_UNIT, small // parallelism))
     units: list[Unit] = []
     start: str | None = None  # the open run of small ranges begins after this key
     pending, run_open = 0, False  # keys seen in the open run
@@ -207,7 +211,7 @@ def key_range_units(fs: Any, folder: str, parallelism: int) -> list[Unit]:
             units.append(Unit("keyrange", (root,), (r.after, r.upto)))
             start, pending, run_open = r.upto, 0, False
             continue
-        if run_open and pending + sizes[r] > _LOOSE_PER_UNIT:
+        if run_open and pending + sizes[r] > cap:
             units.append(Unit("keyrange", (root,), (start, r.after)))
             start, pending = r.after, 0
         pending, run_open = pending + sizes[r], True
