@@ -90,6 +90,12 @@ def lists_key_ranges(fs: Any) -> bool:
     return hasattr(fs, "call_s3") and hasattr(fs, "split_path")
 
 
+def bucket_prefix(fs: Any, path: str) -> tuple[str, str]:
+    """(bucket, key prefix of the folder ``path``: ending in "/", or "" at the bucket root)."""
+    bucket, key, _ = fs.split_path(path)
+    return bucket, key.rstrip("/") + "/" if key else ""
+
+
 def list_page(
     fs: Any,
     path: str,
@@ -103,8 +109,7 @@ def list_page(
     Returns (keys, common prefixes with a ``delimiter``, truncated). Only for stores where
     :func:`lists_key_ranges` is true.
     """
-    bucket, key, _ = fs.split_path(path)
-    prefix = key.rstrip("/") + "/" if key else ""
+    bucket, prefix = bucket_prefix(fs, path)
     kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
     if start_after is not None:
         kwargs["StartAfter"] = start_after

@@ -184,8 +184,7 @@ def key_range_units(fs: Any, folder: str, parallelism: int) -> list[Unit]:
     about their total / ``parallelism`` keys (at least a page, at most ``_LOOSE_PER_UNIT``);
     each large range is a unit. The driver never holds the keys.
     """
-    bucket, key, _ = fs.split_path(folder)
-    prefix = key.rstrip("/") + "/" if key else ""
+    bucket, prefix = io.bucket_prefix(fs, folder)
     ranges = [KeyRange(None, None, prefix)]
     sizes: dict[KeyRange, int] = {ranges[0]: _PAGE}  # the folder fills a page: known large
     with ThreadPoolExecutor(_PROBE_THREADS) as pool:
@@ -324,20 +323,18 @@ def unit_uris(unit: Unit, cfg: InputConfig) -> list[str]:
     """Every URI of one unit (extension-filtered for listings and inventories)."""
     if unit.kind == "uris":
         return list(unit.items)
+    if unit.kind not in ("keyrange", "prefixes"):
+        return _table_rows(unit, cfg)
+    fs, folder = io.filesystem(unit.items[0], cfg.storage_options)
+    wanted = tuple(e.lower() for e in cfg.extensions)
     if unit.kind == "keyrange":
         assert unit.key_range is not None
-        fs, folder = io.filesystem(unit.items[0], cfg.storage_options)
-        wanted = tuple(e.lower() for e in cfg.extensions)
         return _range_uris(fs, folder, *unit.key_range, wanted)
-    if unit.kind == "prefixes":
-        fs, _ = io.filesystem(unit.items[0], cfg.storage_options)
-        wanted = tuple(e.lower() for e in cfg.extensions)
-        found = []
-        for prefix in unit.items:
-            found += [io.to_uri(fs, p) for p in fs.find(prefix) if p.lower().endswith(wanted)]
-            fs.invalidate_cache()
-        return found
-    return _table_rows(unit, cfg)
+    found = []
+    for prefix in unit.items:
+        found += [io.to_uri(fs, p) for p in fs.find(prefix) if p.lower().endswith(wanted)]
+        fs.invalidate_cache()
+    return found
 
 
 def _table_rows(unit: Unit, cfg: InputConfig) -> list[str]:
