@@ -9,7 +9,7 @@ round. Models are random-weight builds of the stated shapes, loaded back through
 production loaders (speed does not depend on the weights; SCORES MEAN NOTHING). Rows:
   attiqa           tiny ResNet (the tests') and ResNet-50 shape at 224 px
   clip_attributes  tiny CLIP and CLIP ViT-B/32 shape (5 pairs; text embedded once per actor)
-  qalign_levels    the baseline: tiny LLaVA (iqa_ray.smoke) and benchmarks.random_vlm "cpu-small"
+  qalign_levels    the baseline: tiny LLaVA (iqa_ray.devtools.smoke), random_vlm "cpu-small"
   the project's default LMM (llava-interleave-qwen-0.5b shape): parameters and FLOPs counted on
   the meta device; timed only with --default-lmm-images N (a raw forward per image).
 Set OMP_NUM_THREADS to pin the CPU threads; nothing is written outside a temp dir.
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from iqa_ray.attiqa.selection import generated_sources
-from iqa_ray.attiqa.smoke import TINY_RESNET, build_clip, build_tiny_clip
+from iqa_ray.devtools.tiny_attiqa import TINY_RESNET, build_clip, build_tiny_clip
 from iqa_ray.methods import ImageBatch, MethodContext, get_method
 
 RESNET50 = {"model_type": "resnet", "config": {}}  # ResNetConfig() defaults = ResNet-50
@@ -40,8 +40,8 @@ B32_VISION = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers"
 def _attiqa_model(folder: Path, backbone: dict[str, Any], image_size: int) -> Path:
     import torch
 
-    from iqa_ray.attiqa.network import AttiqaNetwork, build_backbone, save_network
-    from iqa_ray.attiqa.train_config import BackboneSpec
+    from iqa_ray.methods.attiqa.backbone import BackboneSpec
+    from iqa_ray.methods.attiqa.network import AttiqaNetwork, build_backbone, save_network
 
     torch.manual_seed(0)
     net = AttiqaNetwork(build_backbone(BackboneSpec.model_validate(backbone)), head_hidden=0)
@@ -54,7 +54,7 @@ def _llava_folder(folder: Path, arch: str | None) -> Path:
     import torch
 
     from benchmarks.random_vlm import build_model, build_processor
-    from iqa_ray.smoke import build_tiny_llava
+    from iqa_ray.devtools.smoke import build_tiny_llava
 
     if arch is None:
         return build_tiny_llava(folder)
@@ -78,7 +78,7 @@ def attiqa_cost(folder: Path) -> tuple[int, float]:
     """(parameters, FLOPs per image) of a saved ATTIQA network."""
     import torch
 
-    from iqa_ray.attiqa.network import load_network
+    from iqa_ray.methods.attiqa.network import load_network
 
     net, meta = load_network(folder)
     size = int(meta["image_size"])
@@ -201,9 +201,9 @@ def interleaved_rates(runners: list[tuple[Any, MethodContext]], images: list[np.
 def _context(model_dir: Path | None, batch: int) -> MethodContext:
     def vlm() -> Any:
         from iqa_ray.backends import load_backend
-        from iqa_ray.config import ModelConfig
+        from iqa_ray.backends.config import ModelConfig
 
-        return load_backend(ModelConfig(id=str(model_dir)), batch)
+        return load_backend(ModelConfig(id=str(model_dir), batch_size=batch))
 
     return MethodContext(vlm_factory=vlm)
 
@@ -234,7 +234,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, int, fl
          lambda: build_tiny_clip(tmp / "c1"), clip_cost),
         ("clip_attributes", "CLIP ViT-B/32 shape, 224 px",
          lambda: build_clip(tmp / "c2", **clip_b32), clip_cost),
-        ("qalign_levels", "tiny LLaVA (iqa_ray.smoke)",
+        ("qalign_levels", "tiny LLaVA (iqa_ray.devtools.smoke)",
          lambda: _llava_folder(tmp / "l1", None), llava_folder_cost),
         ("qalign_levels", "LLaVA cpu-small (random_vlm)",
          lambda: _llava_folder(tmp / "l2", "cpu-small"), llava_folder_cost),

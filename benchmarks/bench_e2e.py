@@ -20,22 +20,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray
 
-from iqa_ray.config import RunConfig
-from iqa_ray.pipeline import run
-from iqa_ray.samples import make_sample_images
-from iqa_ray.smoke import build_tiny_llava
+from iqa_ray.devtools.samples import make_sample_images
+from iqa_ray.devtools.smoke import build_tiny_llava
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 
 
 def one_run(images: Path, out: Path, model: dict, methods: list[str]) -> tuple[float, dict]:
     cfg = RunConfig.from_dict({
         "input": {"uri": str(images)},
         "output": {"uri": str(out), "rows_per_file": 1000},
-        "model": model,
+        "model": {**model, "batch_size": 16},
+        "image": {"max_side": 336},
         "methods": methods,
         "stages": {"fetch": {"batch_size": 32, "max_actors": 1, "num_cpus": 0.5},
                    "decode": {"batch_size": 16, "max_actors": 2, "num_cpus": 0.5},
-                   "score": {"batch_size": 16, "max_actors": 1, "num_cpus": 1},
-                   "model_batch_size": 16},
+                   "score": {"batch_size": 16, "max_actors": 1, "num_cpus": 1}},
     })
     start = time.perf_counter()
     result = run(cfg)
@@ -53,8 +53,7 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     methods = ["qalign_levels", "qbench_binary"]
     cases = [("fake", {"backend": "fake"}),
-             ("tiny LLaVA (transformers)", {"backend": "transformers", "id": str(tiny),
-                                            "max_image_side": 336})]
+             ("tiny LLaVA (transformers)", {"backend": "transformers", "id": str(tiny)})]
     # Warm-up: the first dataset on a fresh Ray pays worker start-up and imports; run a few
     # images once so both measured rows start from the same warm cluster.
     make_sample_images(work / "warmup", 8, size=(320, 240))

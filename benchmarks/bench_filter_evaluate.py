@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from iqa_ray import io
-from iqa_ray.evaluation import metrics_table
-from iqa_ray.filtering import FilterConfig, apply_filter
-from iqa_ray.outputs import long_schema
-from iqa_ray.results import ScoresConfig, load_scores
+from iqa_ray.analysis.evaluate import metrics_table
+from iqa_ray.analysis.filter import FilterConfig, apply_filter
+from iqa_ray.analysis.scores import ScoresConfig, load_scores
+from iqa_ray.scoring.outputs import long_schema
 
 
 def write_run(root: str, n: int, methods: int, seed: int) -> np.ndarray:

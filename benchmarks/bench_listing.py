@@ -59,8 +59,9 @@ def main() -> None:
     import ray
     import s3fs
 
-    from iqa_ray import io, listing
-    from iqa_ray.config import InputConfig
+    from iqa_ray import io
+    from iqa_ray.inputs import shards as listing
+    from iqa_ray.inputs.config import InputConfig
 
     proc, endpoint = start_moto()
     try:
@@ -119,7 +120,9 @@ def request_chains(cfg, parallelism: int, n_keys: int) -> list[tuple[str, int, i
     """List requests of both paths: (path, total, longest dependent chain)."""
     import math
 
-    from iqa_ray import io, listing
+    from iqa_ray import io
+    from iqa_ray.inputs import prefixes
+    from iqa_ray.inputs import shards as listing
 
     driver_calls = []
     original = io.list_page
@@ -136,14 +139,14 @@ def request_chains(cfg, parallelism: int, n_keys: int) -> list[tuple[str, int, i
     def pages(unit: listing.Unit) -> int:  # a "prefixes" unit lists its prefixes one by one
         parts = [unit] if unit.kind == "keyrange" else [
             listing.Unit("prefixes", (item,)) for item in unit.items]
-        return sum(max(1, math.ceil(len(listing.unit_uris(p, cfg)) / listing._PAGE))
+        return sum(max(1, math.ceil(len(listing.unit_uris(p, cfg)) / prefixes._PAGE))
                    for p in parts)
 
     per_unit = [pages(u) for u in units if u.kind in ("keyrange", "prefixes")]
-    sequential = max(1, math.ceil(n_keys / listing._PAGE))
+    sequential = max(1, math.ceil(n_keys / prefixes._PAGE))
     # Folder levels are listed one after another; key-range probes run in a thread pool.
     level_calls = sum(driver_calls)
-    probe_rounds = math.ceil((len(driver_calls) - level_calls) / listing._PROBE_THREADS)
+    probe_rounds = math.ceil((len(driver_calls) - level_calls) / prefixes._PROBE_THREADS)
     return [("driver: one recursive find", sequential, sequential),
             (f"build_shards (parallelism {parallelism})", len(driver_calls) + sum(per_unit),
              level_calls + probe_rounds + max(per_unit, default=0))]

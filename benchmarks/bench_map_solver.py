@@ -18,7 +18,7 @@ import numpy as np
 from scipy.optimize import minimize
 from scipy.special import log_ndtr
 
-from iqa_ray.compare2score_math import (
+from iqa_ray.methods.compare2score.maths import (
     OFFICIAL_ANCHOR_MATRIX,
     build_comparison_matrix,
     map_estimate,

@@ -1,9 +1,9 @@
 """Throughput of scoring methods, side by side on the same images: images/s and cost ratio.
 
 Run: PYTHONPATH=. python benchmarks/bench_methods.py [--images 40] [--methods A B ...]
-Builds the tiny random LLaVA (iqa_ray.smoke; or --model DIR for a real local model) and
+Builds the tiny random LLaVA (iqa_ray.devtools.smoke; or --model DIR for a real local model) and
 --images synthetic images in a temp dir, starts a private local Ray, then:
-  1. pipeline: each method alone (and all together) through ``iqa_ray.pipeline.run``,
+  1. pipeline: each method alone (and all together) through ``iqa_ray.scoring.pipeline.run``,
      end to end (actor start, model load, fetch, decode + priors, score, write), after an
      unreported warm-up run on 4 images (Ray Data's cold start);
   2. in-process: the same methods without Ray, split into making the priors (CPU) and
@@ -31,16 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from iqa_ray.anchor_job import AnchorBuildSpec, build_anchors
 from iqa_ray.backends import load_backend
 from iqa_ray.backends.fake import FakeBackend
-from iqa_ray.config import RunConfig
+from iqa_ray.devtools.samples import make_sample_images
+from iqa_ray.devtools.smoke import build_tiny_llava
 from iqa_ray.distortions import apply_distortion
 from iqa_ray.images import decode_image, resize_max_side
 from iqa_ray.methods import ImageBatch, MethodContext, VlmMethod, get_method
-from iqa_ray.pipeline import run
-from iqa_ray.samples import make_sample_images
-from iqa_ray.smoke import build_tiny_llava
+from iqa_ray.methods.compare2score.build import AnchorBuildSpec, build_anchors
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 
 PARAMS: dict[str, dict[str, Any]] = {}  # per-method params (compare2score: its anchor set)
 
@@ -71,7 +71,7 @@ def save_random_arch(arch: str, folder: Path) -> str:
     import torch
 
     from benchmarks.random_vlm import build_model, build_processor
-    from iqa_ray.smoke import MARKER, SMOKE_WARNING
+    from iqa_ray.devtools.smoke import MARKER, SMOKE_WARNING
 
     cuda = torch.cuda.is_available()
     processor = build_processor(arch, folder)
@@ -105,7 +105,8 @@ def make_config(names: list[str], work: Path, model: str, args: argparse.Namespa
         "run_id": "-".join(names) + f"-{time.monotonic_ns()}",
         "input": {"uri": str(work / "images")},
         "output": {"uri": str(work / "out"), "rows_per_file": 16},
-        "model": {"backend": "transformers", "id": model, "max_image_side": args.max_image_side},
+        "model": {"backend": "transformers", "id": model, "batch_size": args.model_batch_size},
+        "image": {"max_side": args.max_image_side},
         "methods": [{"method": n, "params": PARAMS.get(n, {})} for n in names],
         "stages": {
             "fetch": {"batch_size": 16, "max_actors": 1, "num_cpus": 0.5},
@@ -113,7 +114,6 @@ def make_config(names: list[str], work: Path, model: str, args: argparse.Namespa
             "score": {"batch_size": args.score_batch, "min_actors": args.score_actors,
                       "max_actors": args.score_actors, "num_cpus": 1,
                       "num_gpus": args.gpus / args.score_actors},
-            "model_batch_size": args.model_batch_size,
         },
     })
 
@@ -180,13 +180,13 @@ def main() -> None:
         rate = args.images / s
         rows.append(["+".join(names), passes_per_image(names), args.images, f"{s:.1f}",
                      f"{rate:.2f}", f"{base / rate:.2f}x"])
-    print_table("pipeline (iqa_ray.pipeline.run, end to end, local Ray)",
+    print_table("pipeline (iqa_ray.scoring.pipeline.run, end to end, local Ray)",
                 ["method", "passes/image", "images", "seconds", "images/s", "cost vs first"], rows)
     if args.skip_in_process:
         return
 
     cfg = make_config(args.methods[:1], work, model, args)
-    ctx = MethodContext(vlm_factory=lambda: load_backend(cfg.model, args.model_batch_size))
+    ctx = MethodContext(vlm_factory=lambda: load_backend(cfg.model))
     images = [resize_max_side(decode_image(p.read_bytes(), max_pixels=10**8, min_side=8),
                               args.max_image_side) for p in paths]
     # Time both settings of prefix sharing where the loaded model supports it (on at load).

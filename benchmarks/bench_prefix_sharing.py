@@ -36,10 +36,10 @@ import numpy as np
 
 from benchmarks.random_vlm import ARCHES, ParamCounts, build_model, build_processor, param_counts
 from iqa_ray.backends import Prompt
-from iqa_ray.backends.hf import TransformersBackend
-from iqa_ray.config import ModelConfig
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.transformers.backend import TransformersBackend
 from iqa_ray.methods import ImageBatch, get_method
-from iqa_ray.methods.compare2score import ANSWER_PREFIX, QUESTION, WORDS, comparison_prompt
+from iqa_ray.methods.compare2score.method import ANSWER_PREFIX, QUESTION, WORDS, comparison_prompt
 
 # bf16 dense tensor-core peaks (TFLOP/s) by device-name fragment; --peak-tflops overrides.
 PEAK_TFLOPS = {
@@ -59,18 +59,18 @@ def load_backend(args: argparse.Namespace, work: Path) -> tuple[TransformersBack
 
     opts = dict(batch_size=args.model_batch_size, max_tokens_per_batch=args.max_tokens)
     if args.arch == "tiny":
-        from iqa_ray.smoke import build_tiny_llava
+        from iqa_ray.devtools.smoke import build_tiny_llava
 
         folder = args.model_dir or build_tiny_llava(work / "tiny")
-        backend = TransformersBackend(ModelConfig(id=str(folder), dtype="float32"), **opts)
+        backend = TransformersBackend(ModelConfig(id=str(folder), dtype="float32", **opts))
         return backend, param_counts(backend.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     device = "meta" if args.count_only else device  # shapes only: no memory, no compute
     dtype = torch.bfloat16 if device in ("cuda", "meta") else torch.float32
     processor = build_processor(args.arch, work / "tokenizer")
     model = build_model(args.arch, processor, device, dtype, attn=args.attn)
-    cfg = ModelConfig(id=f"random:{args.arch}", attn_implementation=args.attn)
-    return TransformersBackend.from_loaded(model, processor, cfg, **opts), param_counts(model)
+    cfg = ModelConfig(id=f"random:{args.arch}", attn_implementation=args.attn, **opts)
+    return TransformersBackend.from_loaded(model, processor, cfg), param_counts(model)
 
 
 def workloads(n_images: int, side: int, seed: int = 0) -> dict[str, list[list[Prompt]]]:

@@ -47,7 +47,7 @@ def write_scores(folder: Path, n: int, per_file: int = 100_000) -> None:
 
 def measure(folder: str) -> dict:
     """Child process: peak RSS before/after reading keys and computing the done set."""
-    from iqa_ray import manifest
+    from iqa_ray.inputs import done as manifest
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

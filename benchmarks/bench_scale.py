@@ -71,8 +71,8 @@ def child(images: str, out: str, temp: str) -> None:
 
     import ray
 
-    from iqa_ray.config import RunConfig
-    from iqa_ray.pipeline import run
+    from iqa_ray.scoring.config import RunConfig
+    from iqa_ray.scoring.pipeline import run
 
     me = os.getpid()
     peaks = {"driver": 0, "worker_max": 0, "workers_sum": 0}

@@ -113,7 +113,7 @@ def build_processor(arch: str, folder: Path) -> Any:
         SiglipImageProcessorPil,
     )
 
-    from iqa_ray.smoke import CHAT_TEMPLATE, build_tokenizer
+    from iqa_ray.devtools.smoke import CHAT_TEMPLATE, build_tokenizer
 
     spec = ARCHES[arch]
     size = spec["vision"]["image_size"]

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from iqa_ray.config import RunConfig
-    from iqa_ray.pipeline import run
+    from iqa_ray.scoring.config import RunConfig
+    from iqa_ray.scoring.pipeline import run
 
 __all__ = ["RunConfig", "__version__", "list_distortions", "list_methods", "run"]
 
@@ -19,11 +19,11 @@ __all__ = ["RunConfig", "__version__", "list_distortions", "list_methods", "run"
 def __getattr__(name: str) -> Any:
     # Lazy re-exports: importing iqa_ray stays cheap and free of side effects.
     if name == "RunConfig":
-        from iqa_ray.config import RunConfig
+        from iqa_ray.scoring.config import RunConfig
 
         return RunConfig
     if name == "run":
-        from iqa_ray.pipeline import run
+        from iqa_ray.scoring.pipeline import run
 
         return run
     if name == "list_methods":

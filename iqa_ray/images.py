@@ -1,4 +1,5 @@
-"""Pure image decoding and preparation: bytes -> upright RGB uint8 HxWx3, with guards."""
+"""Pure image decoding and preparation: bytes -> upright RGB uint8 HxWx3, with guards, and the
+``image:`` config section (guards and the CPU-side downscale)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,46 @@ import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field
 
 from iqa_ray.errors import RowError
 from iqa_ray.schema import ErrorCode
+from iqa_ray.settings import StrictModel
 
 # Alpha and palette transparency are composited on white: scoring a transparent logo on black
 # would judge an artefact of the conversion, not the image.
 _BACKGROUND = (255, 255, 255)
+
+
+class ImageConfig(StrictModel):
+    """Decoding guards applied to every input image, and the CPU-side downscale."""
+
+    max_pixels: int = Field(
+        100_000_000, ge=1, description="Images declaring more pixels are rejected (bomb guard)."
+    )
+    min_side: int = Field(8, ge=1, description="Images with a smaller side are rejected.")
+    max_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Objects larger than this are rejected unread."
+    )
+    max_side: int | None = Field(
+        1024,
+        ge=16,
+        description="Longest side images are downscaled to on CPU before priors and the model "
+        "(the processor resizes again to its input size; keep this >= it). None: full size.",
+    )
+
+
+def load_image(data: bytes, cfg: ImageConfig) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``data`` with the guards of ``cfg`` and downscale it to ``cfg.max_side``.
+
+    Returns:
+        The image to score and the original (height, width).
+
+    Raises:
+        RowError: as :func:`decode_image`.
+    """
+    raw = decode_image(data, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
+    return resize_max_side(raw, cfg.max_side), (int(raw.shape[0]), int(raw.shape[1]))
 
 
 def decode_image(data: bytes, *, max_pixels: int, min_side: int) -> np.ndarray:

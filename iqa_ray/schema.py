@@ -1,4 +1,5 @@
-"""Column names, error codes and shared type aliases used at every stage boundary."""
+"""Column names, error codes, the manifest schema and shared type aliases used at every stage
+boundary."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import enum
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 Batch = dict[str, np.ndarray]
 JsonDict = dict[str, Any]
@@ -51,3 +53,7 @@ class Col:
 def variant_column(variant: str) -> str:
     """Name of the batch column that carries the image of one variant (e.g. a degraded prior)."""
     return f"variant__{variant}"
+
+
+# The manifest: one row per input image (stage boundary between listing and fetching).
+MANIFEST_SCHEMA = pa.schema([(Col.IMAGE_ID, pa.int64()), (Col.URI, pa.string())])

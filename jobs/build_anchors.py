@@ -15,9 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
-from iqa_ray.config import RunConfig
 from iqa_ray.errors import ConfigError
 from iqa_ray.logs import setup_logging
+from iqa_ray.scoring.config import RunConfig
 
 
 def main() -> int:
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args()
     try:
-        from iqa_ray.anchor_job import AnchorBuildSpec, build_anchors
+        from iqa_ray.methods.compare2score.build import AnchorBuildSpec, build_anchors
 
         cfg = RunConfig.from_yaml(args.config, args.set)
         spec = AnchorBuildSpec(output=args.output, labels=args.labels, alpha=args.alpha,

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
 
-from iqa_ray.samples import make_sample_images
-from iqa_ray.smoke import SMOKE_WARNING, build_tiny_llava
+from iqa_ray.devtools.samples import make_sample_images
+from iqa_ray.devtools.smoke import SMOKE_WARNING, build_tiny_llava
 
 CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 

@@ -14,10 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
+from iqa_ray.analysis.evaluate import EvaluateJobConfig, markdown_table, run_evaluation
+from iqa_ray.analysis.scores import ALL_GROUP
 from iqa_ray.errors import ConfigError
-from iqa_ray.evaluation import EvaluateJobConfig, markdown_table, run_evaluation
 from iqa_ray.logs import setup_logging
-from iqa_ray.results import ALL_GROUP, load_job_config
+from iqa_ray.settings import load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,7 +48,7 @@ def main() -> int:
     }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     try:
-        job = load_job_config(EvaluateJobConfig, args.config, [*overrides, *args.set])
+        job = load_config(EvaluateJobConfig, args.config, [*overrides, *args.set])
         setup_logging(f"evaluate/{job.name}")
         outcome = run_evaluation(job)
     except (ConfigError, ImportError) as exc:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
-from iqa_ray.curation import FilterJobConfig, run_filter
+from iqa_ray.analysis.filter_job import FilterJobConfig, run_filter
 from iqa_ray.errors import ConfigError
 from iqa_ray.logs import setup_logging
-from iqa_ray.results import load_job_config
+from iqa_ray.settings import load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +42,7 @@ def main() -> int:
     flags = {"scores.output": args.output, "scores.runs": args.run or None, "name": args.name}
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     try:
-        job = load_job_config(FilterJobConfig, args.config, [*overrides, *args.set])
+        job = load_config(FilterJobConfig, args.config, [*overrides, *args.set])
         setup_logging(f"filter/{job.name}")
         outcome = run_filter(job, dry_run=args.dry_run)
     except ConfigError as exc:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
-from iqa_ray.config import RunConfig
 from iqa_ray.errors import ConfigError
 from iqa_ray.logs import setup_logging
+from iqa_ray.scoring.config import RunConfig
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,7 +53,7 @@ def main() -> int:
     setup_logging(cfg.resolved_run_id())
     import ray
 
-    from iqa_ray.pipeline import run
+    from iqa_ray.scoring.pipeline import run
 
     # Never a bare ray.init(): on a shared machine it would attach to someone else's cluster.
     address = args.address or os.environ.get("RAY_ADDRESS") or "local"

@@ -110,7 +110,7 @@ def s3_bucket(moto_endpoint: str, request: pytest.FixtureRequest) -> tuple[str, 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random LLaVA saved to disk, loaded back by tests through from_pretrained."""
-    from iqa_ray.smoke import build_tiny_llava
+    from iqa_ray.devtools.smoke import build_tiny_llava
 
     return build_tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
 
@@ -118,7 +118,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIP (model + processor) saved to disk, for the ATTIQA tests."""
-    from iqa_ray.attiqa.smoke import build_tiny_clip
+    from iqa_ray.devtools.tiny_attiqa import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from iqa_ray import io as iqa_io
-from iqa_ray.config import RunConfig
-from iqa_ray.samples import make_sample_images
+from iqa_ray.devtools.samples import make_sample_images
+from iqa_ray.scoring.config import RunConfig
 
 BAD_FILES = {"zero.jpg": "empty_file", "truncated.jpg": "truncated", "text.jpg": "decode_failed"}
 
@@ -39,13 +39,12 @@ def config(input_uri: str, output_uri: str, **overrides: Any) -> RunConfig:
     data: dict[str, Any] = {
         "input": {"uri": input_uri},
         "output": {"uri": output_uri, "rows_per_file": 8},
-        "model": {"backend": "fake"},
+        "model": {"backend": "fake", "batch_size": 4},
         "methods": [{"method": "qalign_levels"}, {"method": "qbench_binary"}],
         "stages": {
             "fetch": {"batch_size": 8, "max_actors": 1, "num_cpus": 0.5},
             "decode": {"batch_size": 4, "max_actors": 2, "num_cpus": 0.5},
             "score": {"batch_size": 4, "max_actors": 1, "num_cpus": 1},
-            "model_batch_size": 4,
         },
     }
     for key, value in overrides.items():
@@ -97,8 +96,8 @@ def write_score_run(
     """
     import pyarrow as pa
 
-    from iqa_ray.manifest import image_id
-    from iqa_ray.outputs import long_schema
+    from iqa_ray.inputs.ids import image_id
+    from iqa_ray.scoring.outputs import long_schema
 
     defaults = {"error_code": None, "error_message": None, "attempt": 0, "width": 8, "height": 8}
     full = [{**defaults, "image_id": image_id(r["uri"]), **r} for r in rows]

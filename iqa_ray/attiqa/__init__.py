@@ -10,6 +10,6 @@ imports nothing heavy; torch and transformers load inside the functions that nee
 
 from __future__ import annotations
 
-from iqa_ray.attiqa.prompts import ATTRIBUTES, DEFAULT_PROMPTS, PromptPair
+from iqa_ray.methods.attiqa.prompts import ATTRIBUTES, DEFAULT_PROMPTS, PromptPair
 
 __all__ = ["ATTRIBUTES", "DEFAULT_PROMPTS", "PromptPair"]

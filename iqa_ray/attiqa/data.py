@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from PIL import Image
 
-from iqa_ray import io, labels, manifest
-from iqa_ray.attiqa.prompts import ATTRIBUTES
+from iqa_ray import io
+from iqa_ray.analysis import labels
 from iqa_ray.errors import ConfigError, RowError
 from iqa_ray.images import decode_image
+from iqa_ray.inputs.done import latest_rows
+from iqa_ray.methods.attiqa.backbone import prepare_pixels
+from iqa_ray.methods.attiqa.prompts import ATTRIBUTES
 from iqa_ray.schema import Batch, Col
 
 logger = logging.getLogger(__name__)
@@ -27,21 +29,6 @@ PIXELS = "pixels"  # uint8 (S, S, 3) network input
 TARGETS = "targets"  # float32 (T,) training targets
 MOS = "mos"
 _BLOCKS = 200  # label-table blocks handed to Ray Data
-
-
-def prepare_pixels(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Resize the shorter side to ``size`` (bicubic) and centre-crop: -> uint8 (B, S, S, 3)."""
-    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
-    for i, image in enumerate(images):
-        h, w = image.shape[:2]
-        scale = size / min(h, w)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        pil = Image.fromarray(np.ascontiguousarray(image))
-        if (nw, nh) != (w, h):
-            pil = pil.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        out[i] = np.asarray(pil.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    return out
 
 
 def _read_tables(uri: str, storage_options: dict[str, Any],
@@ -72,7 +59,7 @@ def load_attribute_labels(uri: str, storage_options: dict[str, Any], method: str
         except pa.ArrowInvalid as exc:  # a run without the attribute columns
             raise ConfigError(f"run {uri!r} has no attribute columns: {exc}") from exc
         table = table.filter(pc.equal(table.column(Col.METHOD), method))
-        table = manifest.latest_rows(table)
+        table = latest_rows(table)
         table = table.filter(pc.is_null(table.column(Col.ERROR_CODE)))
     else:
         table = _read_tables(uri, storage_options)
@@ -161,10 +148,3 @@ def training_dataset(table: pa.Table, targets: Sequence[str], image_size: int,
         num_cpus=loader.num_cpus, compute=ray.data.TaskPoolStrategy(size=loader.max_actors),
     )
     return dataset.materialize() if cache else dataset
-
-
-def local_folder(uri: str, storage_options: dict[str, Any], cache_dir: str | None = None) -> str:
-    """A local path for a model folder: as is, or a bucket prefix copied once per node."""
-    if io.is_remote(uri):
-        return io.local_model_cache(uri, storage_options, cache_dir)
-    return uri.removeprefix("file://")

@@ -19,17 +19,18 @@ import numpy as np
 import yaml
 
 from iqa_ray import io
-from iqa_ray.attiqa.prompts import (
+from iqa_ray.analysis.metrics import srcc
+from iqa_ray.devtools.samples import synthetic_scene
+from iqa_ray.distortions import apply_distortion
+from iqa_ray.images import decode_image, resize_max_side
+from iqa_ray.methods.attiqa.prompts import (
     ATTRIBUTES,
     CANDIDATE_PROMPTS,
     PromptPair,
     PromptTable,
     check_prompt_table,
 )
-from iqa_ray.distortions import apply_distortion
-from iqa_ray.images import decode_image, resize_max_side
-from iqa_ray.metrics import srcc
-from iqa_ray.samples import synthetic_scene
+from iqa_ray.settings import read_yaml_mapping
 
 # images, pairs -> P(positive) of shape (len(images), len(pairs))
 PairScorer = Callable[[list[np.ndarray], list[PromptPair]], np.ndarray]
@@ -215,7 +216,7 @@ def load_sources(uri: str, storage_options: dict[str, Any], limit: int, max_side
 
 def load_candidates(path: str | Path) -> PromptTable:
     """Candidate pairs from YAML: ``{attribute: [[positive, negative], ...], ...}``."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml_mapping(path)
     table = {a: tuple(PromptPair.model_validate(p) for p in pairs) for a, pairs in data.items()}
     return check_prompt_table(table)
 
@@ -235,8 +236,8 @@ class SelectionRequest:
 
 def run_selection(request: SelectionRequest) -> str:
     """Load CLIP, build the proxy sets, rank the candidates; return the YAML snippet."""
-    from iqa_ray.attiqa.clip_labels import ClipAttributeModel
-    from iqa_ray.config import ModelConfig
+    from iqa_ray.methods.attiqa.clip import ClipAttributeModel
+    from iqa_ray.scoring.config import ModelConfig
 
     model = ClipAttributeModel(ModelConfig(id=request.model,
                                            storage_options=request.storage_options))

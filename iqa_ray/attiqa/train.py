@@ -27,12 +27,12 @@ from iqa_ray.attiqa.data import (
     TARGETS,
     load_attribute_labels,
     load_mos_labels,
-    local_folder,
     training_dataset,
 )
-from iqa_ray.attiqa.prompts import ATTRIBUTES
 from iqa_ray.attiqa.train_config import TrainConfig
+from iqa_ray.backends.sources import local_model_path
 from iqa_ray.errors import ConfigError
+from iqa_ray.methods.attiqa.prompts import ATTRIBUTES
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "train_state.json"
@@ -64,14 +64,14 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- worker side
 def _initial_network(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
-    from iqa_ray.attiqa.network import AttiqaNetwork, build_backbone, load_network
+    from iqa_ray.methods.attiqa.network import AttiqaNetwork, build_backbone, load_network
 
     if cfg.init:
-        net, meta = load_network(local_folder(cfg.init, cfg.storage_options, cfg.cache_dir))
+        net, meta = load_network(local_model_path(cfg.init, cfg.storage_options, cfg.cache_dir))
         return net, {**meta, "init": cfg.init}
     source = cfg.backbone.pretrained
     if source:
-        source = local_folder(source, cfg.storage_options, cfg.cache_dir)
+        source = local_model_path(source, cfg.storage_options, cfg.cache_dir)
     net = AttiqaNetwork(build_backbone(cfg.backbone, source), cfg.head_hidden)
     return net, {"head_hidden": cfg.head_hidden, "mean": net.mean.flatten().tolist(),
                  "std": net.std.flatten().tolist(), "quality_trained": False}
@@ -93,7 +93,7 @@ def _restore(checkpoint: Any, net: Any, optimizer: Any, cfg: TrainConfig) -> Tra
     import torch
     from safetensors.torch import load_file
 
-    from iqa_ray.attiqa.network import WEIGHTS_FILE
+    from iqa_ray.methods.attiqa.network import WEIGHTS_FILE
 
     if checkpoint is None:
         return TrainState()
@@ -112,7 +112,7 @@ def _save(folder: Path, net: Any, optimizer: Any, state: TrainState, cfg: TrainC
           meta: dict[str, Any]) -> None:
     import torch
 
-    from iqa_ray.attiqa.network import save_network
+    from iqa_ray.methods.attiqa.network import save_network
 
     record = {"stage": cfg.stage, "steps": state.step, "image_size": cfg.image_size,
               "labels": cfg.labels.uri, "fingerprint": cfg.fingerprint(),

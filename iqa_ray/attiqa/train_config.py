@@ -11,32 +11,22 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from iqa_ray.config import (
+from iqa_ray.errors import ConfigError
+from iqa_ray.methods.attiqa.backbone import BackboneSpec
+from iqa_ray.settings import (
     StageResources,
     StrictModel,
-    _check_storage_options,
     apply_overrides,
     canonical_json,
-    format_validation_error,
+    check_storage_options,
+    read_yaml_mapping,
+    validate,
 )
-from iqa_ray.errors import ConfigError
 
 Stage = Literal["pretrain", "finetune"]
 _STAGES: tuple[str, ...] = ("pretrain", "finetune")
-
-
-class BackboneSpec(StrictModel):
-    """A transformers vision backbone: built from a config (random init) or loaded pretrained."""
-
-    model_type: str = Field("resnet", description="transformers model type (resnet, convnext, "
-                            "vit, ...), built with AutoConfig.for_model(model_type, **config).")
-    config: dict[str, Any] = Field(default_factory=dict, description="Config keyword arguments.")
-    pretrained: str | None = Field(None, description="Hub id, folder or bucket prefix of "
-                                   "backbone weights (AutoModel.from_pretrained); overrides "
-                                   "model_type/config.")
 
 
 def _absolute(value: str | None) -> str | None:
@@ -108,7 +98,7 @@ class TrainConfig(StrictModel):
     cache_images: bool = Field(False, description="Decode the training images once and keep "
                                "them in the object store (small sets); else stream each epoch.")
 
-    _check_options = field_validator("storage_options")(_check_storage_options)
+    _check_options = field_validator("storage_options")(check_storage_options)
     _local_paths = field_validator("output", "checkpoint_uri", "init", "cache_dir")(_absolute)
 
     @model_validator(mode="after")
@@ -147,15 +137,10 @@ def load_train_config(
     path: str | Path, stage: str, overrides: list[str] | tuple[str, ...] = ()
 ) -> TrainConfig:
     """Read the YAML, apply ``a.b=value`` overrides, and validate the chosen stage."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    return train_config_from_dict(apply_overrides(data, overrides), stage, source=str(path))
+    data = apply_overrides(read_yaml_mapping(path), overrides)
+    return train_config_from_dict(data, stage, source=str(path))
 
 
 def train_config_from_dict(data: dict[str, Any], stage: str, source: str = "<dict>") -> TrainConfig:
     """Validate one stage of a (shared + blocks) dict, with readable errors."""
-    try:
-        return TrainConfig.model_validate(stage_dict(data, stage))
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, f"{source} [{stage}]")) from None
+    return validate(TrainConfig, stage_dict(data, stage), f"{source} [{stage}]")

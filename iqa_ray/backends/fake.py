@@ -9,9 +9,30 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
-from iqa_ray.backends import Prompt
+from iqa_ray.backends.prompt import Prompt
 from iqa_ray.errors import RowError
+from iqa_ray.settings import StrictModel
+
+
+class FakeOptions(StrictModel):
+    """Failure injection for the fake backend (``model.options`` with ``backend: fake``; crash-
+    and-resume tests only, never result-affecting)."""
+
+    fail_after_batches: int | None = Field(None, ge=0, description="Fail after N batches.")
+    fail_delay_s: float = Field(0.0, ge=0, description="Seconds to hang before failing.")
+    fail_after_glob: str | None = Field(
+        None, description="Local glob: fail only once a file matches (a committed score file); "
+        "until then calls wait up to `fail_delay_s` and succeed."
+    )
+    delay_s: float = Field(0.0, ge=0, description="Seconds each model batch takes (a slow model).")
+    crash_process_once_marker: str | None = Field(
+        None,
+        description="Marker file: the first actor to reach batch `crash_on_batch` creates it and "
+        "kills its own process (os._exit); later lives see the marker and never crash.",
+    )
+    crash_on_batch: int = Field(1, ge=1, description="Model batch (1-based) the crash happens on.")
 
 
 class FakeBackend:
@@ -51,6 +72,16 @@ class FakeBackend:
         self._crash_marker = crash_marker
         self._crash_on_batch = crash_on_batch
         self._calls = 0
+
+    @classmethod
+    def from_options(cls, options: dict[str, object]) -> FakeBackend:
+        """A fake backend configured by ``model.options`` (see :class:`FakeOptions`)."""
+        o = FakeOptions.model_validate(options)
+        return cls(
+            o.fail_after_batches, o.fail_delay_s, delay_s=o.delay_s,
+            crash_marker=o.crash_process_once_marker, crash_on_batch=o.crash_on_batch,
+            fail_after_glob=o.fail_after_glob,
+        )
 
     def _should_fail(self) -> bool:
         """Hang up to ``fail_delay_s``; with a glob, fail only once it matches."""

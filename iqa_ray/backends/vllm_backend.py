@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from iqa_ray.backends import Prompt
 from iqa_ray.backends.batching import ForwardStats
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.prompt import Prompt
 from iqa_ray.errors import RowError
 from iqa_ray.schema import ErrorCode
-
-if TYPE_CHECKING:
-    from iqa_ray.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 _INSTALL_HINT = "the vllm backend needs vLLM on a CUDA machine: pip install 'iqa_ray[vllm]'"
@@ -40,7 +38,7 @@ _INSTALL_HINT = "the vllm backend needs vLLM on a CUDA machine: pip install 'iqa
 
 def word_continuation(text: str, word: str) -> str:
     """``text`` followed by ``word`` exactly as the word is read (space-led unless the text ends
-    in whitespace; the rule of ``TransformersBackend.word_id``)."""
+    in whitespace; the rule of ``PromptText.word_id``)."""
     return text + (word if not text or text.endswith((" ", "\n")) else f" {word}")
 
 
@@ -94,16 +92,13 @@ class VllmBackend:
             raise ImportError(_INSTALL_HINT) from exc
         from transformers import AutoProcessor
 
-        from iqa_ray.backends.hf import TransformersBackend, resolve_model_source
+        from iqa_ray.backends.sources import resolve_model_source
+        from iqa_ray.backends.transformers.text import PromptText
 
         source = resolve_model_source(cfg)
         kwargs: dict[str, Any] = {"revision": cfg.revision} if cfg.revision else {}
         # Rendering and word resolution are the transformers backend's, without its model.
-        text = TransformersBackend.__new__(TransformersBackend)
-        text.cfg, text.source, text._word_ids = cfg, source, {}
-        text.processor = AutoProcessor.from_pretrained(source, **kwargs)
-        text.tokenizer = text.processor.tokenizer
-        self._text = text
+        self._text = PromptText(AutoProcessor.from_pretrained(source, **kwargs), cfg, source)
         self.stats = ForwardStats()
         dtype = {
             "auto": "auto",
@@ -114,7 +109,7 @@ class VllmBackend:
         options = {
             "enable_prefix_caching": True,
             "limit_mm_per_prompt": {"image": 4},
-            **cfg.vllm_options,
+            **cfg.options,
         }
         self.llm = vllm.LLM(model=source, dtype=dtype, **kwargs, **options)
         self._params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)

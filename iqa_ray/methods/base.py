@@ -1,25 +1,25 @@
-"""``ScoringMethod`` base classes and the method registry (name -> class, with metadata)."""
+"""``ScoringMethod`` and ``VlmMethod`` base classes, and what a method sees in a score actor."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
 
-from iqa_ray.backends import Prompt, VlmBackend
-from iqa_ray.errors import ConfigError, RowError
+from iqa_ray.backends import ModelConfig, Prompt, VlmBackend, load_backend
+from iqa_ray.errors import RowError
+from iqa_ray.images import ImageConfig
 from iqa_ray.schema import ErrorCode
+from iqa_ray.settings import StrictModel
+
+T = TypeVar("T")
 
 
-class MethodParams(BaseModel):
+class MethodParams(StrictModel):
     """Base of every method's parameter model: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,21 @@ class ImageBatch:
 
 @dataclass
 class MethodContext:
-    """What a method may use inside a GPU actor: the shared VLM backend (loaded on demand)."""
+    """What a method may use inside a score actor.
+
+    Attributes:
+        vlm_factory: builds the actor's one VLM backend (called on first use of ``vlm``).
+        model: the run's model config (methods record its id, e.g. in a calibration); None
+            outside a run (tests, tools).
+        image: the run's image guards and downscale, for images a method reads itself
+            (anchors); None: decode without downscaling.
+    """
 
     vlm_factory: Callable[[], VlmBackend]
-    options: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig | None = None
+    image: ImageConfig | None = None
     _vlm: VlmBackend | None = None
+    _shared: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     @property
     def vlm(self) -> VlmBackend:
@@ -61,6 +71,18 @@ class MethodContext:
         if self._vlm is None:
             self._vlm = self.vlm_factory()
         return self._vlm
+
+    def shared(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:
+        """The object ``load()`` returns, made once per actor and kept under ``key``: two
+        methods (or two labels of one method) that need the same model share one copy."""
+        if key not in self._shared:
+            self._shared[key] = load()
+        return self._shared[key]
+
+
+def method_context(model: ModelConfig, image: ImageConfig) -> MethodContext:
+    """A score actor's context: the run's VLM (loaded lazily) and its model and image configs."""
+    return MethodContext(vlm_factory=lambda: load_backend(model), model=model, image=image)
 
 
 @dataclass
@@ -159,33 +181,3 @@ class VlmMethod(ScoringMethod):
                 errors[i] = RowError(ErrorCode.UNPARSABLE, "non-finite score from model logits")
                 columns["score"][i] = None
         return MethodResult(columns, errors)
-
-
-METHODS: dict[str, type[ScoringMethod]] = {}
-
-
-def register_method(name: str) -> Callable[[type[ScoringMethod]], type[ScoringMethod]]:
-    """Class decorator adding a method to the registry under ``name``."""
-
-    def wrap(cls: type[ScoringMethod]) -> type[ScoringMethod]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        cls.name = name
-        METHODS[name] = cls
-        return cls
-
-    return wrap
-
-
-def get_method(name: str) -> type[ScoringMethod]:
-    """Look a method up by name; unknown names raise ConfigError with a suggestion."""
-    if name in METHODS:
-        return METHODS[name]
-    close = difflib.get_close_matches(name, METHODS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown method {name!r}{hint} (known: {sorted(METHODS)})")
-
-
-def list_methods() -> list[str]:
-    """Names of all registered methods, sorted."""
-    return sorted(METHODS)

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from iqa_ray.backends import Prompt
-from iqa_ray.methods.base import ImageBatch, MethodParams, VlmMethod, register_method
+from iqa_ray.backends.prompt import Prompt
+from iqa_ray.methods.base import ImageBatch, MethodParams, VlmMethod
+from iqa_ray.methods.registry import register_method
 from iqa_ray.methods.rules import binary_probability, level_expectation, softmax
 
 QUESTION = "How would you rate the quality of this image?"
@@ -37,8 +38,19 @@ class LevelParams(MethodParams):
         return self
 
 
+class OneImagePrompt(VlmMethod):
+    """A method of one prompt per image: the image, ``params.question``, the pre-filled
+    ``params.answer_prefix``, and ``params.words`` read at the next position."""
+
+    def prompts(self, batch: ImageBatch, row: int) -> list[Prompt]:
+        """One prompt: the image, the question, the pre-filled answer."""
+        p: Any = self.params
+        key = str(int(batch.image_ids[row]))
+        return [Prompt((batch.query[row],), p.question, p.answer_prefix, p.words, (key,))]
+
+
 @register_method("qalign_levels")
-class QAlignLevels(VlmMethod):
+class QAlignLevels(OneImagePrompt):
     """Expected level from the softmax over the level words' logits (1 pass, 1 image).
 
     Paper: Wu et al., "Q-Align", arXiv 2312.17090; rule as in Q-Bench/Q-Align (github.com/
@@ -49,12 +61,6 @@ class QAlignLevels(VlmMethod):
     Params = LevelParams
     score_range: ClassVar[tuple[float, float]] = (1.0, 5.0)
     extra_columns: ClassVar[dict[str, pa.DataType]] = {"level_probs": pa.list_(pa.float64())}
-
-    def prompts(self, batch: ImageBatch, row: int) -> list[Prompt]:
-        """One prompt: the image, the question, the pre-filled answer."""
-        p = self.params
-        key = str(int(batch.image_ids[row]))
-        return [Prompt((batch.query[row],), p.question, p.answer_prefix, p.words, (key,))]
 
     def reduce(self, logits: list[np.ndarray]) -> dict[str, Sequence[Any]]:
         """Score = probabilities of the levels dotted with their weights."""
@@ -76,7 +82,7 @@ class BinaryParams(MethodParams):
 
 
 @register_method("qbench_binary")
-class QBenchBinary(VlmMethod):
+class QBenchBinary(OneImagePrompt):
     """P(good) = softmax([l_good, l_poor] / T)[0] (1 pass, 1 image), in 0..1.
 
     Paper: Wu et al., "Q-Bench", arXiv 2309.14181, A3 protocol (leaderboards/IQA_outputs in
@@ -86,12 +92,6 @@ class QBenchBinary(VlmMethod):
     Params = BinaryParams
     score_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     extra_columns: ClassVar[dict[str, pa.DataType]] = {"word_logits": pa.list_(pa.float64())}
-
-    def prompts(self, batch: ImageBatch, row: int) -> list[Prompt]:
-        """One prompt: the image, the question, the pre-filled answer."""
-        p = self.params
-        key = str(int(batch.image_ids[row]))
-        return [Prompt((batch.query[row],), p.question, p.answer_prefix, p.words, (key,))]
 
     def reduce(self, logits: list[np.ndarray]) -> dict[str, Sequence[Any]]:
         """Score = binary softmax at the configured temperature; raw logits kept for audits."""

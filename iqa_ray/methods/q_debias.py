@@ -10,13 +10,15 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from iqa_ray.backends import Prompt
+from iqa_ray.backends.prompt import Prompt
 from iqa_ray.distortions import get_distortion
 from iqa_ray.errors import ConfigError
-from iqa_ray.methods.base import ImageBatch, MethodParams, VariantSpec, VlmMethod, register_method
+from iqa_ray.methods.base import ImageBatch, MethodParams, VariantSpec, VlmMethod
+from iqa_ray.methods.registry import register_method
 from iqa_ray.methods.rules import binary_probability, softmax
+from iqa_ray.settings import StrictModel
 
 SIMILARITY_QUESTION = "Do these two images describe the same object? Yes or no"
 QUALITY_QUESTION = (
@@ -28,7 +30,7 @@ Weighting = Literal["softmax_of_probabilities", "normalized"]
 # ---------------------------------------------------------------------------------- maths
 
 
-def pair_probabilities(
+def prior_probabilities(
     logits: Sequence[np.ndarray], temperature: float = 100.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split a row's logits into p_yes and p_good per prior.
@@ -80,10 +82,8 @@ def debiased_quality(
 # ------------------------------------------------------------------------------ params
 
 
-class PriorSpec(BaseModel):
+class PriorSpec(StrictModel):
     """One degraded prior: a registered distortion at a severity."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     distortion: str = Field(..., description="Registered distortion name (see list_distortions()).")
     severity: int = Field(..., description="Severity, 1..the distortion's number of levels.")
@@ -208,6 +208,6 @@ class QDebias(VlmMethod):
 
     def reduce(self, logits: list[np.ndarray]) -> dict[str, Sequence[Any]]:
         """Score and per-prior probabilities from the 2N (B, 2) logit arrays."""
-        p_yes, p_good = pair_probabilities(logits, self.params.temperature)
+        p_yes, p_good = prior_probabilities(logits, self.params.temperature)
         score = debiased_quality(p_yes, p_good, self.params.weighting)
         return {"score": score.tolist(), "p_yes": p_yes.tolist(), "p_good": p_good.tolist()}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from iqa_ray.smoke import _CORPUS, _WORDS, MARKER, SMOKE_WARNING
+from iqa_ray.devtools.smoke import _CORPUS, _WORDS, MARKER, SMOKE_WARNING
 
 
 def build_bpe_tokenizer(
@@ -24,7 +24,7 @@ def build_bpe_tokenizer(
     vocab_size: int = 640,
 ) -> Any:
     """Train, save and reload a byte-level BPE where every rating word is a single token
-    (at a turn start, after a newline and after a space), like ``iqa_ray.smoke``.
+    (at a turn start, after a newline and after a space), like ``iqa_ray.devtools.smoke``.
 
     ``special_tokens`` come first in the vocabulary (ids 0..n-1), in order, as special added
     tokens that are never split. Returns the tokenizer loaded back from ``path``.

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from iqa_ray.config import RunConfig
-from iqa_ray.manifest import image_id
+from iqa_ray.inputs.ids import image_id
+from iqa_ray.scoring.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 METHODS = ("qalign_levels", "qbench_binary")

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import ray
 from ray.cluster_utils import Cluster
 
-from iqa_ray.config import RunConfig
-from iqa_ray.pipeline import run, run_paths
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run, run_paths
 
 RUN_TIMEOUT_S = 120
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from iqa_ray import io as iqa_io
-from iqa_ray.config import RunConfig
-from iqa_ray.pipeline import run
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 from tests.faults.common import REPO, Outcome, job_command, run_bounded, tally, write_job_config
 from tests.helpers import config, make_corpus, read_scores
 
@@ -40,7 +40,7 @@ def driver_kill_scenario(workdir: Path, address: str, timeout: float = 240) -> O
     uris = corpus_uris(workdir / "images", 13)
     out = workdir / "out"
     slow = config(str(workdir / "images"), str(out),
-                  model={"backend": "fake", "fake": {"delay_s": 0.5}},
+                  model={"backend": "fake", "options": {"delay_s": 0.5}},
                   output={"uri": str(out), "rows_per_file": 4})
     path = write_job_config(slow, workdir / "driver.yaml")
     scores = out / "runs" / "driver-kill" / "scores"
@@ -73,10 +73,9 @@ def node_loss_config(workdir: Path) -> tuple[RunConfig, list[str]]:
     uris = corpus_uris(workdir / "images", 13)
     stages = {"fetch": {"batch_size": 4, "max_actors": 1, "num_cpus": 0.5},
               "decode": {"batch_size": 4, "max_actors": 1, "num_cpus": 0.5},
-              "score": {"batch_size": 4, "max_actors": 1, "num_cpus": 0, "num_gpus": 1},
-              "model_batch_size": 4}
+              "score": {"batch_size": 4, "max_actors": 1, "num_cpus": 0, "num_gpus": 1}}
     cfg = config(str(workdir / "images"), str(workdir / "out"), run_id="node-loss", stages=stages,
-                 model={"backend": "fake", "fake": {"delay_s": 1.0}},
+                 model={"backend": "fake", "batch_size": 4, "options": {"delay_s": 1.0}},
                  output={"uri": str(workdir / "out"), "rows_per_file": 4})
     return cfg, uris
 

@@ -19,9 +19,9 @@ import pyarrow.csv as pacsv
 import s3fs
 
 from iqa_ray import io as iqa_io
-from iqa_ray.config import RunConfig
-from iqa_ray.pipeline import run
-from iqa_ray.samples import make_sample_images
+from iqa_ray.devtools.samples import make_sample_images
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 from tests.conftest import upload_folder
 from tests.faults.common import (
     JobResult,
@@ -98,7 +98,7 @@ def hostile_scenario(
         "", f"{bucket}/out",
         input={"uri": None, "manifest": manifest_uri, "storage_options": options},
         output={"uri": f"{bucket}/out", "storage_options": options, "rows_per_file": 8},
-        model={"backend": "fake", "fake": fake}, stages=LEAN_STAGES, run_id="hostile",
+        model={"backend": "fake", "options": fake}, stages=LEAN_STAGES, run_id="hostile",
     )
     result = run(cfg)
     df = read_scores(result.uri, options)

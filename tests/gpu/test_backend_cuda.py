@@ -19,11 +19,11 @@ pytestmark = [
 ]
 
 from iqa_ray.backends import Prompt  # noqa: E402
-from iqa_ray.backends.hf import TransformersBackend  # noqa: E402
-from iqa_ray.config import ModelConfig  # noqa: E402
-from iqa_ray.methods.compare2score import ANSWER_PREFIX as C2S_PREFIX  # noqa: E402
-from iqa_ray.methods.compare2score import QUESTION as C2S_QUESTION  # noqa: E402
-from iqa_ray.methods.compare2score import WORDS as C2S_WORDS  # noqa: E402
+from iqa_ray.backends.config import ModelConfig  # noqa: E402
+from iqa_ray.backends.transformers.backend import TransformersBackend  # noqa: E402
+from iqa_ray.methods.compare2score.method import ANSWER_PREFIX as C2S_PREFIX  # noqa: E402
+from iqa_ray.methods.compare2score.method import QUESTION as C2S_QUESTION  # noqa: E402
+from iqa_ray.methods.compare2score.method import WORDS as C2S_WORDS  # noqa: E402
 from iqa_ray.methods.levels import ANSWER_PREFIX, QUESTION  # noqa: E402
 
 LEVEL_WORDS = ("excellent", "good", "fair", "poor", "bad")
@@ -57,7 +57,7 @@ def cpu_reference(tiny_model_dir: Path) -> list[np.ndarray]:
 def test_auto_dtype_is_bf16_on_cuda_and_close_to_float32_cpu(
     tiny_model_dir: Path, cpu_reference: list[np.ndarray]
 ) -> None:
-    backend = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    backend = TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=4))
     assert backend.device == "cuda"
     param = next(backend.model.parameters())
     assert param.device.type == "cuda" and param.dtype == torch.bfloat16
@@ -75,8 +75,8 @@ def test_auto_dtype_is_bf16_on_cuda_and_close_to_float32_cpu(
 def test_float32_on_cuda_equals_cpu_and_shared_equals_unshared(
     tiny_model_dir: Path, cpu_reference: list[np.ndarray]
 ) -> None:
-    backend = TransformersBackend(ModelConfig(id=str(tiny_model_dir), dtype="float32"),
-                                  batch_size=4)
+    cfg = ModelConfig(id=str(tiny_model_dir), dtype="float32", batch_size=4)
+    backend = TransformersBackend(cfg)
     assert backend.device == "cuda" and backend.prefix_sharing
     prompts = _prompts()
     shared = backend.next_token_logits(prompts)
@@ -91,7 +91,7 @@ def test_float32_on_cuda_equals_cpu_and_shared_equals_unshared(
 def test_real_cuda_out_of_memory_is_halved_and_recovered(tiny_model_dir: Path) -> None:
     """Fill the device so the whole batch cannot fit but a few rows can: every row still gets
     its logits, through more than one forward call (the halving really happened)."""
-    backend = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=64)
+    backend = TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=64))
     backend.prefix_sharing = False
     # ~330 tokens per row (the tiny model allows 512 positions).
     rows = [Prompt((im,), QUESTION * 30, ANSWER_PREFIX, LEVEL_WORDS) for im in _images(64, 3)]

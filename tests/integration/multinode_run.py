@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import ray
 from ray.cluster_utils import Cluster
 
-from iqa_ray.config import RunConfig
-from iqa_ray.pipeline import run
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 from tests.faults.node_loss_run import node_loss
 
 

@@ -14,14 +14,16 @@ import pytest
 from PIL import Image
 
 from iqa_ray import io as iqa_io
-from iqa_ray.attiqa.data import load_attribute_labels, local_folder, prepare_pixels
-from iqa_ray.attiqa.prompts import ATTRIBUTES
-from iqa_ray.attiqa.smoke import TINY_RESNET
+from iqa_ray.attiqa.data import load_attribute_labels
 from iqa_ray.attiqa.train import run_training
 from iqa_ray.attiqa.train_config import train_config_from_dict
+from iqa_ray.backends.sources import local_model_path
+from iqa_ray.devtools.tiny_attiqa import TINY_RESNET
 from iqa_ray.errors import ConfigError
 from iqa_ray.images import decode_image
-from iqa_ray.pipeline import run
+from iqa_ray.methods.attiqa.backbone import prepare_pixels
+from iqa_ray.methods.attiqa.prompts import ATTRIBUTES
+from iqa_ray.scoring.pipeline import run
 from tests.helpers import config, make_corpus, read_scores
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -135,10 +137,10 @@ def test_pretrain_resume_finetune_then_score_with_both_methods(
     # The attiqa rows hold the same numbers as a direct forward of the downloaded network.
     import torch
 
-    from iqa_ray.attiqa.network import load_network, quality_from_outputs
+    from iqa_ray.methods.attiqa.network import load_network, quality_from_outputs
 
     scored = good[good["method"] == "attiqa"]
-    net, meta = load_network(local_folder(params["model"], options, params["cache_dir"]))
+    net, meta = load_network(local_model_path(params["model"], options, params["cache_dir"]))
     images = [decode_image(iqa_io.read_bytes(u), max_pixels=10**8, min_side=8)
               for u in scored["uri"]]
     with torch.no_grad():

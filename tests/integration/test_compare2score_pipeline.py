@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from iqa_ray.anchor_job import AnchorBuildSpec, build_anchors
-from iqa_ray.anchors import read_anchor_images, read_anchor_set
-from iqa_ray.compare2score_math import map_estimate
-from iqa_ray.config import RunConfig
+from iqa_ray.devtools.samples import make_sample_images
 from iqa_ray.errors import ConfigError
-from iqa_ray.pipeline import run
-from iqa_ray.samples import make_sample_images
+from iqa_ray.methods.compare2score.anchor_set import read_anchor_images, read_anchor_set
+from iqa_ray.methods.compare2score.build import AnchorBuildSpec, build_anchors
+from iqa_ray.methods.compare2score.maths import map_estimate
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 from tests.conftest import REPO
 from tests.helpers import assert_reconciled, config, read_scores
 
@@ -32,10 +32,11 @@ METHODS = ["compare2score", "qbench_binary"]
 def _config(tmp_path: Path, model_dir: Path, **extra: object) -> RunConfig:
     return config(
         str(tmp_path / "images"), str(tmp_path / "out"),
-        model={"backend": "transformers", "id": str(model_dir), "max_image_side": 48},
+        model={"backend": "transformers", "id": str(model_dir), "batch_size": 10},
+        image={"max_side": 48},
         methods=[{"method": "compare2score", "params": {"anchors": str(tmp_path / "anchors")}},
                  {"method": "qbench_binary"}],
-        stages={"model_batch_size": 10}, **extra,
+        **extra,
     )
 
 

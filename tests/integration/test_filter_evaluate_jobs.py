@@ -16,9 +16,9 @@ import s3fs
 import yaml
 
 from iqa_ray import io as iqa_io
-from iqa_ray.curation import FilterJobConfig, run_filter
-from iqa_ray.filtering import copy_kept
-from iqa_ray.results import load_job_config
+from iqa_ray.analysis.filter import copy_kept
+from iqa_ray.analysis.filter_job import FilterJobConfig, run_filter
+from iqa_ray.settings import load_config
 from tests.conftest import REPO
 from tests.helpers import write_score_run
 
@@ -76,7 +76,7 @@ def test_filter_and_evaluate_jobs_on_a_bucket(
         )
     )
 
-    job = load_job_config(FilterJobConfig, filter_cfg, [])
+    job = load_config(FilterJobConfig, filter_cfg, [])
     dry = run_filter(job, dry_run=True)  # in-process: the subprocess runs below cost seconds each
     assert dry.per_group.values.tolist() == [["p1", 2, 2, 4], ["p2", 1, 1, 2]]
     assert not fs.exists(f"{bucket}/out/filters") and not fs.exists(f"{bucket}/kept")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iqa_ray.pipeline import run
+from iqa_ray.scoring.pipeline import run
 from tests.faults.common import run_bounded
 from tests.faults.process_faults import node_loss_config, node_loss_outcome
 from tests.helpers import config, make_corpus, read_scores

@@ -12,7 +12,7 @@ import pytest
 
 from iqa_ray import io as iqa_io
 from iqa_ray.errors import ConfigError
-from iqa_ray.pipeline import run
+from iqa_ray.scoring.pipeline import run
 from tests.helpers import assert_reconciled, config, files_in, make_corpus, read_scores
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -75,7 +75,7 @@ def test_changed_prompt_under_same_run_id_is_refused(tmp_path: Path) -> None:
         run(changed)
     # Resources are not result-affecting: a resume with other batch sizes is accepted.
     resized = config(str(tmp_path / "images"), str(tmp_path / "out"), run_id="fixed",
-                     stages={"model_batch_size": 2})
+                     model={"backend": "fake", "batch_size": 2})
     assert run(resized).summary["images_missing"] == 0
 
 
@@ -88,7 +88,7 @@ def test_crash_then_resume_has_no_duplicates_or_gaps(tmp_path: Path) -> None:
     # then goes on), so partial output exists however the scheduler groups the batches.
     committed = str(tmp_path / "out" / "runs" / "crash" / "scores" / "*.parquet")
     crashing = config(str(tmp_path / "images"), out, run_id="crash", input=sharded,
-                      model={"backend": "fake", "fake": {
+                      model={"backend": "fake", "options": {
                           "fail_after_batches": 4, "fail_delay_s": 3,
                           "fail_after_glob": committed}})
     with pytest.raises(Exception, match="injected failure"):

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from iqa_ray.config import RunConfig
-from iqa_ray.pipeline import run
-from iqa_ray.samples import make_sample_images
+from iqa_ray.devtools.samples import make_sample_images
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.pipeline import run
 from tests.helpers import assert_reconciled, config, read_scores
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -30,11 +30,11 @@ def test_q_debias_with_baseline_end_to_end_and_rerun_identical(
     def cfg(run_id: str) -> RunConfig:
         return config(
             str(tmp_path / "images"), str(tmp_path / "out"), run_id=run_id,
-            model={"backend": "transformers", "id": str(tiny_model_dir), "max_image_side": 64},
+            model={"backend": "transformers", "id": str(tiny_model_dir), "batch_size": 1},
+            image={"max_side": 64},
             methods=[{"method": "q_debias"}, {"method": "qbench_binary"}],
             # One prompt per forward: batching invariance is the backend's test (to 1e-5);
             # here equality must be exact so that only the priors could make reruns differ.
-            stages={"model_batch_size": 1},
         )
 
     first = _sorted(read_scores(run(cfg("first")).uri))

@@ -10,9 +10,9 @@ import pytest
 
 from iqa_ray import io as iqa_io
 from iqa_ray.backends import Prompt
-from iqa_ray.backends.hf import TransformersBackend
-from iqa_ray.config import ModelConfig
-from iqa_ray.pipeline import run
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.transformers.backend import TransformersBackend
+from iqa_ray.scoring.pipeline import run
 from tests.conftest import upload_folder
 from tests.helpers import assert_reconciled, config, make_corpus, read_scores
 
@@ -30,7 +30,7 @@ def test_bucket_to_bucket_with_tiny_llava(
         f"{bucket}/corpus", f"{bucket}/scores",
         input={"uri": f"{bucket}/corpus", "storage_options": options},
         output={"uri": f"{bucket}/scores", "storage_options": options, "rows_per_file": 16},
-        model={"backend": "transformers", "id": str(tiny_model_dir), "max_image_side": 64},
+        model={"backend": "transformers", "id": str(tiny_model_dir)}, image={"max_side": 64},
     )
     result = run(cfg)
     assert result.uri.startswith(f"{bucket}/scores/runs/")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iqa_ray.anchor_job import AnchorBuildSpec, candidates_from_labels, comparison_setup
-from iqa_ray.anchors import (
+from iqa_ray.errors import ConfigError
+from iqa_ray.methods.compare2score.anchor_set import (
     Anchor,
     AnchorSet,
     Calibration,
@@ -25,8 +25,13 @@ from iqa_ray.anchors import (
     validate_anchor_set,
     write_anchor_set,
 )
-from iqa_ray.compare2score_math import anchor_matrix_from_pairs
-from iqa_ray.errors import ConfigError
+from iqa_ray.methods.compare2score.build import (
+    AnchorBuildSpec,
+    AnchorRun,
+    candidates_from_labels,
+    comparison_setup,
+)
+from iqa_ray.methods.compare2score.maths import anchor_matrix_from_pairs
 from tests.helpers import config
 
 CALIBRATION = Calibration(
@@ -159,12 +164,13 @@ def test_comparison_setup_follows_the_config_method() -> None:
             "anchors": "s3://b/anchors", "temperature": 10.0,
             "anchor_storage_options": {"anon": False}}},
     ])
-    params, uri, options = comparison_setup(cfg, AnchorBuildSpec())
+    run = AnchorRun.of(cfg)
+    params, uri, options = comparison_setup(run, AnchorBuildSpec())
     assert (uri, params.temperature, options) == ("s3://b/anchors", 10.0, {"anon": False})
-    assert comparison_setup(cfg, AnchorBuildSpec(output="/elsewhere"))[1] == "/elsewhere"
+    assert comparison_setup(run, AnchorBuildSpec(output="/elsewhere"))[1] == "/elsewhere"
     with pytest.raises(ConfigError, match="no compare2score method labelled"):
-        comparison_setup(cfg, AnchorBuildSpec(method="other"))
-    plain = config("/in", "/out")
+        comparison_setup(run, AnchorBuildSpec(method="other"))
+    plain_run = AnchorRun.of(config("/in", "/out"))
     with pytest.raises(ConfigError, match="--output"):
-        comparison_setup(plain, AnchorBuildSpec())
-    assert comparison_setup(plain, AnchorBuildSpec(output="/a"))[0].temperature == 100.0
+        comparison_setup(plain_run, AnchorBuildSpec())
+    assert comparison_setup(plain_run, AnchorBuildSpec(output="/a"))[0].temperature == 100.0

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iqa_ray.attiqa.prompts import (
+from iqa_ray.errors import ConfigError
+from iqa_ray.methods import ImageBatch, MethodContext, get_method
+from iqa_ray.methods.attiqa.prompts import (
     ATTRIBUTES,
     DEFAULT_PROMPTS,
     PromptPair,
@@ -16,9 +18,7 @@ from iqa_ray.attiqa.prompts import (
     flatten_pairs,
     pair_probabilities,
 )
-from iqa_ray.config import MethodSpec
-from iqa_ray.errors import ConfigError
-from iqa_ray.methods import ImageBatch, MethodContext, get_method
+from iqa_ray.scoring.config import MethodSpec
 
 
 def _images(n: int, seed: int = 0) -> list[np.ndarray]:
@@ -120,7 +120,7 @@ def test_one_actor_loads_one_clip_for_two_methods(tiny_clip_dir: Path) -> None:
 
 
 def test_a_failing_image_fails_only_its_row() -> None:
-    from iqa_ray.attiqa.methods import score_isolated
+    from iqa_ray.methods.attiqa.methods import score_isolated
 
     def forward(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         if any(img.shape[0] == 13 for img in images):

@@ -9,19 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from iqa_ray.attiqa.data import prepare_pixels
 from iqa_ray.attiqa.losses import pairwise_ranking_loss, regression_loss
-from iqa_ray.attiqa.network import (
+from iqa_ray.devtools.tiny_attiqa import TINY_RESNET
+from iqa_ray.errors import ConfigError
+from iqa_ray.methods.attiqa.backbone import BackboneSpec, prepare_pixels
+from iqa_ray.methods.attiqa.network import (
     AttiqaNetwork,
     build_backbone,
     load_network,
     quality_from_outputs,
     save_network,
 )
-from iqa_ray.attiqa.prompts import ATTRIBUTES
-from iqa_ray.attiqa.smoke import TINY_RESNET
-from iqa_ray.attiqa.train_config import BackboneSpec
-from iqa_ray.errors import ConfigError
+from iqa_ray.methods.attiqa.prompts import ATTRIBUTES
 
 TINY_VIT = {"model_type": "vit", "config": {
     "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -9,7 +9,6 @@ import pytest
 import yaml
 from scipy import stats
 
-from iqa_ray.attiqa.prompts import ATTRIBUTES, PromptPair
 from iqa_ray.attiqa.selection import (
     DEFAULT_LADDERS,
     build_proxy_set,
@@ -17,7 +16,8 @@ from iqa_ray.attiqa.selection import (
     prompt_snippet,
     select_prompts,
 )
-from iqa_ray.config import MethodSpec
+from iqa_ray.methods.attiqa.prompts import ATTRIBUTES, PromptPair
+from iqa_ray.scoring.config import MethodSpec
 
 
 def _gradient_energy(img: np.ndarray) -> float:
@@ -85,8 +85,8 @@ def test_selection_picks_the_best_pair_and_orients_it() -> None:
 
 
 def test_real_tiny_clip_selection_round_trips_into_a_config(tiny_clip_dir: Path) -> None:
-    from iqa_ray.attiqa.clip_labels import ClipAttributeModel
-    from iqa_ray.config import ModelConfig
+    from iqa_ray.backends.config import ModelConfig
+    from iqa_ray.methods.attiqa.clip import ClipAttributeModel
 
     model = ClipAttributeModel(ModelConfig(id=str(tiny_clip_dir)))
     sources = generated_sources(2, size=(40, 30))
@@ -114,7 +114,7 @@ def test_real_tiny_clip_selection_round_trips_into_a_config(tiny_clip_dir: Path)
 
 
 def test_chosen_pairs_are_written_into_a_labelling_config() -> None:
-    from iqa_ray.config import RunConfig
+    from iqa_ray.scoring.config import RunConfig
 
     config = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "attiqa_labels.yaml"
     base = yaml.safe_load(config.read_text())

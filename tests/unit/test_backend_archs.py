@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 
 from iqa_ray.backends import Prompt
-from iqa_ray.backends.hf import TransformersBackend
-from iqa_ray.config import ModelConfig
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.transformers.backend import TransformersBackend
+from iqa_ray.devtools.smoke import build_tiny_llava
 from iqa_ray.methods import ImageBatch, MethodContext, get_method
-from iqa_ray.methods.compare2score import ANSWER_PREFIX as C2S_PREFIX
-from iqa_ray.methods.compare2score import QUESTION as C2S_QUESTION
-from iqa_ray.methods.compare2score import WORDS as C2S_WORDS
+from iqa_ray.methods.compare2score.method import ANSWER_PREFIX as C2S_PREFIX
+from iqa_ray.methods.compare2score.method import QUESTION as C2S_QUESTION
+from iqa_ray.methods.compare2score.method import WORDS as C2S_WORDS
 from iqa_ray.methods.levels import ANSWER_PREFIX, QUESTION
 from iqa_ray.methods.q_debias import QUALITY_QUESTION, SIMILARITY_QUESTION
-from iqa_ray.smoke import build_tiny_llava
 from tests.archs.onevision_idefics import build_tiny_idefics3, build_tiny_llava_onevision
 from tests.archs.qwen_vl import build_tiny_qwen2_5_vl, build_tiny_qwen2_vl
 
@@ -51,7 +51,7 @@ def arch(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     if needs_tv and not HAS_TORCHVISION:
         pytest.skip(f"{name}: its processor needs torchvision (not importable here)")
     folder = build(tmp_path_factory.mktemp(name))
-    backend = TransformersBackend(ModelConfig(id=str(folder), dtype="float32"), batch_size=4)
+    backend = TransformersBackend(ModelConfig(id=str(folder), dtype="float32", batch_size=4))
     return name, class_name, backend
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from iqa_ray.backends import Prompt
-from iqa_ray.backends.hf import TransformersBackend
-from iqa_ray.config import ModelConfig
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.transformers.backend import TransformersBackend
 from iqa_ray.errors import ConfigError, RowError
 from iqa_ray.methods import ImageBatch, MethodContext, get_method
 from iqa_ray.methods.levels import ANSWER_PREFIX, QUESTION
@@ -19,7 +19,7 @@ WORDS = ("excellent", "good", "fair", "poor", "bad")
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path) -> TransformersBackend:
-    return TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=8)
+    return TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=8))
 
 
 def _images(n: int, seed: int = 0) -> list[np.ndarray]:

@@ -7,9 +7,9 @@ import pytest
 from scipy.optimize import minimize
 from scipy.stats import norm
 
-from iqa_ray import compare2score_math as c2s
-from iqa_ray.anchors import empty_mos_intervals, select_anchors_by_mos, select_anchors_by_quantiles
-from iqa_ray.compare2score_math import (
+from iqa_ray.errors import ConfigError
+from iqa_ray.methods.compare2score import maths as c2s
+from iqa_ray.methods.compare2score.maths import (
     OFFICIAL_ANCHOR_MATRIX,
     anchor_matrix_from_pairs,
     build_comparison_matrix,
@@ -18,7 +18,11 @@ from iqa_ray.compare2score_math import (
     soft_comparison,
     torch_cpu_rand,
 )
-from iqa_ray.errors import ConfigError
+from iqa_ray.methods.compare2score.selection import (
+    empty_mos_intervals,
+    select_anchors_by_mos,
+    select_anchors_by_quantiles,
+)
 
 # (b against the five official anchors, converged score) from the spec, methods.md section 2.
 SPEC_CASES = [

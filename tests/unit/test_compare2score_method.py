@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iqa_ray.anchors import (
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.fake import FakeBackend
+from iqa_ray.errors import ConfigError
+from iqa_ray.images import ImageConfig
+from iqa_ray.methods import ImageBatch, MethodContext, get_method
+from iqa_ray.methods.compare2score.anchor_set import (
     Anchor,
     AnchorSet,
     Calibration,
@@ -18,12 +23,13 @@ from iqa_ray.anchors import (
     sha256_hex,
     write_anchor_set,
 )
-from iqa_ray.backends.fake import FakeBackend
-from iqa_ray.compare2score_math import OFFICIAL_ANCHOR_MATRIX, map_estimate, soft_comparison
-from iqa_ray.config import ModelConfig, RunConfig
-from iqa_ray.errors import ConfigError
-from iqa_ray.methods import ImageBatch, MethodContext, get_method
-from iqa_ray.methods.compare2score import ANSWER_PREFIX, QUESTION, WORDS
+from iqa_ray.methods.compare2score.maths import (
+    OFFICIAL_ANCHOR_MATRIX,
+    map_estimate,
+    soft_comparison,
+)
+from iqa_ray.methods.compare2score.method import ANSWER_PREFIX, QUESTION, WORDS
+from iqa_ray.scoring.config import RunConfig
 
 MODEL_ID = "org/model"
 
@@ -47,8 +53,9 @@ def anchor_uri(tmp_path: Path) -> str:
 
 def _context(model_id: str = MODEL_ID, max_side: int | None = None) -> MethodContext:
     backend = FakeBackend()
-    model = ModelConfig(id=model_id, backend="fake", max_image_side=max_side)
-    return MethodContext(vlm_factory=lambda: backend, options={"model": model})
+    model = ModelConfig(id=model_id, backend="fake")
+    return MethodContext(vlm_factory=lambda: backend, model=model,
+                         image=ImageConfig(max_side=max_side))
 
 
 def _batch(n: int) -> ImageBatch:
@@ -99,7 +106,7 @@ def test_scores_follow_the_maths_on_the_whole_batch(anchor_uri: str) -> None:
 def test_calibration_mismatch_warns_once_per_setup(
     anchor_uri: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="iqa_ray.methods.compare2score")
+    caplog.set_level(logging.WARNING, logger="iqa_ray.methods.compare2score.method")
     get_method("compare2score")({"anchors": anchor_uri}).setup(_context())
     assert not caplog.records
     method = get_method("compare2score")({"anchors": anchor_uri, "temperature": 50.0})

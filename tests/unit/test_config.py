@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from iqa_ray.config import RunConfig, apply_overrides
 from iqa_ray.errors import ConfigError
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.settings import apply_overrides
 
 BASE: dict[str, Any] = {
     "input": {"uri": "s3://bucket/images"},
@@ -45,7 +46,6 @@ def config_error(**changes: Any) -> str:
     [
         ({"inptu": {}}, "inptu"),
         ({"input": {"uri": "s3://b/i", "extension": [".jpg"]}}, "input.extension"),
-        ({"model": {"fake": {"fail_after": 3}}}, "model.fake.fail_after"),
         ({"stages": {"score": {"num_gpu": 1}}}, "stages.score.num_gpu"),
         (
             {"methods": [{"method": "qalign_levels", "params": {"questoin": "?"}}]},
@@ -56,6 +56,38 @@ def config_error(**changes: Any) -> str:
 def test_unknown_key_names_dotted_path(changes: dict[str, Any], path: str) -> None:
     message = config_error(**changes)
     assert f"  {path}: unknown key" in message
+
+
+def test_backend_options_validated_by_the_backend() -> None:
+    message = config_error(model={"backend": "fake", "options": {"fail_after": 3}})
+    assert "model" in message and "options.fail_after: Extra inputs are not permitted" in message
+    assert "takes none" in config_error(model={"options": {"gpu_memory_utilization": 0.8}})
+    assert make(model={"backend": "vllm", "options": {"gpu_memory_utilization": 0.8}})
+
+
+@pytest.mark.parametrize(
+    ("changes", "old", "new"),
+    [
+        ({"model": {"max_image_side": 512}}, "model.max_image_side", "image.max_side"),
+        ({"stages": {"model_batch_size": 4}}, "stages.model_batch_size", "model.batch_size"),
+        ({"stages": {"max_tokens_per_batch": 9}}, "stages.max_tokens_per_batch",
+         "model.max_tokens_per_batch"),
+        ({"model": {"vllm_options": {}}}, "model.vllm_options", "model.options"),
+        ({"model": {"fake": {"delay_s": 1}}}, "model.fake", "model.options"),
+    ],
+)
+def test_renamed_keys_say_where_they_went(changes: dict[str, Any], old: str, new: str) -> None:
+    message = config_error(**changes)
+    assert f"  {old}: renamed to {new}" in message
+
+
+def test_fingerprint_kept_across_the_key_renames() -> None:
+    """0.1 fingerprinted the downscale as model.max_image_side: 0.2 keeps that shape, so the run
+    ids derived before the rename stay the same (resuming an older run keeps working)."""
+    cfg = make(image={"max_side": 640})
+    fields = cfg.result_fields()
+    assert fields["model"]["max_image_side"] == 640 and "max_side" not in fields["image"]
+    assert make(image={"max_side": 512}).fingerprint() != cfg.fingerprint()
 
 
 def test_error_names_source_file(tmp_path: Path) -> None:
@@ -162,7 +194,7 @@ def test_fingerprint_changes_with_results(changes: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"stages": {"score": {"batch_size": 2, "max_actors": 3}, "model_batch_size": 1}},
+        {"stages": {"score": {"batch_size": 2, "max_actors": 3}}, "model": {"batch_size": 1}},
         {"stages": {"fetch": {"num_cpus": 2}}},
         {"output": {"rows_per_file": 7}},
         {"output": {"uri": "s3://elsewhere/out"}},
@@ -170,13 +202,19 @@ def test_fingerprint_changes_with_results(changes: dict[str, Any]) -> None:
         {"run_id": "explicit"},
         {"retry_errors": True},
         {"input": {"limit": 10}},
-        {"model": {"fake": {"fail_after_batches": 2}}},
+        {"model": {"batch_size": 2, "max_tokens_per_batch": 4096}},
     ],
     ids=["score-stage", "fetch-cpus", "rows-per-file", "output-uri", "retry", "run-id",
-         "retry-errors", "limit", "fake-failures"],
+         "retry-errors", "limit", "model-batching"],
 )
 def test_fingerprint_ignores_resources(changes: dict[str, Any]) -> None:
     assert make(**changes).fingerprint() == make().fingerprint()
+
+
+def test_fingerprint_ignores_backend_options() -> None:
+    fake = make(model={"backend": "fake"})
+    failing = make(model={"backend": "fake", "options": {"fail_after_batches": 2}})
+    assert failing.fingerprint() == fake.fingerprint() != make().fingerprint()
 
 
 def test_resolved_run_id() -> None:
@@ -200,7 +238,7 @@ def test_overrides_are_yaml_typed_and_nested() -> None:
             "output.rows_per_file=5",
             "retry_errors=true",
             "model.revision=0123abc",
-            "model.fake.fail_after_batches=3",
+            "model.options.fail_after_batches=3",
             "input.extensions=[.jpg, .png]",
             "run_id=2024-01-01",  # YAML would read a date: the value stays what YAML says
             "methods.0.params.question=Is it sharp?",
@@ -210,7 +248,7 @@ def test_overrides_are_yaml_typed_and_nested() -> None:
     assert result["output"] == {"uri": "s3://b/o", "rows_per_file": 5}
     assert result["retry_errors"] is True
     assert result["model"]["revision"] == "0123abc"
-    assert result["model"]["fake"] == {"fail_after_batches": 3}
+    assert result["model"]["options"] == {"fail_after_batches": 3}
     assert result["input"]["extensions"] == [".jpg", ".png"]
     assert result["methods"][0]["params"]["question"] == "Is it sharp?"
     assert result["model"]["id"] == "a=b"
@@ -243,7 +281,7 @@ def test_override_into_unknown_key_is_validated(tmp_path: Path) -> None:
 
 
 def test_from_yaml_roundtrip(tmp_path: Path) -> None:
-    cfg = make(run_id="round", image={"min_side": 4}, stages={"model_batch_size": 2})
+    cfg = make(run_id="round", image={"min_side": 4}, model={"batch_size": 2})
     path = tmp_path / "dumped.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     loaded = RunConfig.from_yaml(path)

@@ -16,6 +16,7 @@ import pytest
 from scipy import ndimage
 
 from iqa_ray import distortions as dist
+from iqa_ray.distortions import registry
 from iqa_ray.errors import ConfigError
 
 PRIORS = ("zoom_blur", "spatter", "saturate", "fog")
@@ -143,7 +144,7 @@ def test_bad_image_is_value_error(bad: object) -> None:
 
 
 def test_register_rejects_duplicates_and_ragged_levels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dist, "DISTORTIONS", dict(dist.DISTORTIONS))
+    monkeypatch.setattr(registry, "DISTORTIONS", dict(registry.DISTORTIONS))
     with pytest.raises(ValueError, match="already registered"):
         dist.register_distortion("jpeg", levels=[{"quality": 1}], description="x", random=False)
     with pytest.raises(ValueError, match="share one set"):
@@ -175,7 +176,7 @@ def test_priors_identical_in_a_fresh_process() -> None:
         "print(d.distortion_seed('abc', 'fog', 4), hashlib.sha256(out.tobytes()).hexdigest())"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    root = Path(dist.__file__).resolve().parents[1]
+    root = Path(dist.__file__).resolve().parents[2]
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True
     )

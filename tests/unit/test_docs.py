@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from iqa_ray.config import RunConfig
-from iqa_ray.docs import BEGIN, END, config_reference
+from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.reference import BEGIN, END, config_reference
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -13,7 +13,8 @@ README = (REPO / "README.md").read_text()
 
 def test_config_reference_is_current() -> None:
     start, end = README.index(BEGIN), README.index(END) + len(END)
-    assert README[start:end] == config_reference(), "run: python -m iqa_ray.docs, paste into README"
+    hint = "run: python -m iqa_ray.scoring.reference, paste into README"
+    assert README[start:end] == config_reference(), hint
 
 
 def test_every_config_field_is_documented() -> None:

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from iqa_ray import metrics, plots
-from iqa_ray.evaluation import (
+from iqa_ray.analysis import metrics, plots
+from iqa_ray.analysis.evaluate import (
     PLCC_LOGISTIC_LABEL,
     EvaluateJobConfig,
     LabelsConfig,
@@ -23,8 +23,8 @@ from iqa_ray.evaluation import (
     read_labels_uri,
     run_evaluation,
 )
-from iqa_ray.labels import read_labels
-from iqa_ray.results import ALL_GROUP, add_folder, wide_scores
+from iqa_ray.analysis.labels import read_labels
+from iqa_ray.analysis.scores import ALL_GROUP, add_folder, wide_scores
 from tests.helpers import write_score_run
 
 QBENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval" / "qbench_a3"

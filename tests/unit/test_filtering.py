@@ -10,9 +10,7 @@ import pandas as pd
 import pytest
 
 from iqa_ray import io as iqa_io
-from iqa_ray.curation import FilterJobConfig, run_filter
-from iqa_ray.errors import ConfigError
-from iqa_ray.filtering import (
+from iqa_ray.analysis.filter import (
     REASON,
     REASON_CODE,
     FilterConfig,
@@ -20,8 +18,16 @@ from iqa_ray.filtering import (
     copy_kept,
     group_counts,
 )
-from iqa_ray.manifest import image_id
-from iqa_ray.results import ScoresConfig, add_folder, attach_metadata, load_scores, wide_scores
+from iqa_ray.analysis.filter_job import FilterJobConfig, run_filter
+from iqa_ray.analysis.scores import (
+    ScoresConfig,
+    add_folder,
+    attach_metadata,
+    load_scores,
+    wide_scores,
+)
+from iqa_ray.errors import ConfigError
+from iqa_ray.inputs.ids import image_id
 from tests.helpers import write_score_run
 
 ROOT = "s3://bucket/corpus"

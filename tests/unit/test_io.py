@@ -11,6 +11,8 @@ import pytest
 
 from iqa_ray import io as iqa_io
 from iqa_ray.errors import ConfigError, RowError
+from iqa_ray.io import cache as io_cache
+from iqa_ray.io import core as io_core
 from iqa_ray.schema import ErrorCode
 
 
@@ -47,11 +49,11 @@ class FlakyFs:
 
 @pytest.fixture
 def flaky(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Install a FlakyFs behind ``iqa_ray.io.filesystem``; returns a factory."""
+    """Install a FlakyFs behind ``iqa_ray.io.core.filesystem``; returns a factory."""
 
     def install(failures: int, error: BaseException) -> FlakyFs:
         fs = FlakyFs(failures, error)
-        monkeypatch.setattr(iqa_io, "filesystem", lambda uri, options=None: (fs, "bucket/key"))
+        monkeypatch.setattr(io_core, "filesystem", lambda uri, options=None: (fs, "bucket/key"))
         return fs
 
     return install
@@ -121,7 +123,7 @@ def test_exhausted_attempts_are_fetch_failed(flaky: Any) -> None:
 
 def test_backoff_is_bounded(flaky: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     delays: list[float] = []
-    monkeypatch.setattr(iqa_io.time, "sleep", delays.append)
+    monkeypatch.setattr(io_core.time, "sleep", delays.append)
     flaky(10, ConnectionError("reset"))
     with pytest.raises(RowError):
         iqa_io.read_bytes("s3://b/k", attempts=6, base_delay_s=1.0, max_delay_s=3.0)
@@ -175,7 +177,7 @@ def test_failed_write_leaves_nothing(
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(iqa_io.os, "replace" if failing == "os.replace" else "fsync", boom)
+    monkeypatch.setattr(io_core.os, "replace" if failing == "os.replace" else "fsync", boom)
     target = tmp_path / "out.bin"
     with pytest.raises(OSError, match="disk full"):
         iqa_io.write_bytes_atomic(str(target), b"x" * 1000, None)
@@ -267,7 +269,7 @@ def test_local_model_cache_copies_once(tmp_path: Path, monkeypatch: pytest.Monke
     def no_storage(*args: object, **kwargs: object) -> None:
         raise AssertionError("a completed cache must not touch storage again")
 
-    monkeypatch.setattr(iqa_io, "filesystem", no_storage)
+    monkeypatch.setattr(io_cache, "filesystem", no_storage)
     again = iqa_io.local_model_cache(f"file://{src}", None, str(cache))
     assert Path(again) == path
     assert (path / "config.json").stat().st_mtime_ns == mtime

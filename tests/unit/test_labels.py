@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from iqa_ray.analysis.labels import match_labels, parse_json_stream, read_labels, read_labels_file
 from iqa_ray.errors import ConfigError
-from iqa_ray.labels import match_labels, parse_json_stream, read_labels, read_labels_file
 
 QBENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval" / "qbench_a3"
 

@@ -14,9 +14,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from iqa_ray import listing, manifest
-from iqa_ray.config import InputConfig
 from iqa_ray.errors import ConfigError
+from iqa_ray.inputs import ids, prefixes, tables
+from iqa_ray.inputs import shards as listing
+from iqa_ray.inputs.config import InputConfig
 from iqa_ray.schema import Col
 
 NO_DONE = np.array([], dtype=np.int64)
@@ -50,7 +51,7 @@ def _check_shards(shards: listing.Shards, expected: list[str]) -> None:
     for table, rows in zip(tables, shards.rows, strict=True):
         uris = table.column(Col.URI).to_pylist()
         assert uris == sorted(uris) and len(uris) == rows
-        assert table.column(Col.IMAGE_ID).to_pylist() == [manifest.image_id(u) for u in uris]
+        assert table.column(Col.IMAGE_ID).to_pylist() == [ids.image_id(u) for u in uris]
     assert shards.images == len(expected)
 
 
@@ -84,7 +85,7 @@ def test_parallel_listing_of_a_bucket(s3_bucket: tuple[str, dict], tmp_path: Pat
     shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=15,
                                   parallelism=4)
     _check_shards(shards, expected)
-    assert sorted(manifest.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
+    assert sorted(listing.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -98,7 +99,7 @@ def test_parallel_listing_into_several_shards(tmp_path: Path) -> None:
     assert shards.pending == shards.rows
     assert not (tmp_path / "m" / "_parts").exists()  # phase-1 parts are cleaned up
     # The shards agree with the in-process manifest (same ids, same URIs).
-    assert sorted(manifest.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
+    assert sorted(listing.build_manifest(cfg).column(Col.URI).to_pylist()) == expected
     # Rebuilding replaces the old shards (no stale part files left behind).
     again = listing.build_shards(cfg, str(tmp_path / "m"), {}, NO_DONE, shard_rows=100,
                                   parallelism=4)
@@ -110,11 +111,11 @@ def test_parallel_listing_into_several_shards(tmp_path: Path) -> None:
 def test_pending_counts_and_limit(tmp_path: Path) -> None:
     expected = _tree(tmp_path / "images", n_dirs=4, per_dir=5, loose=0)
     cfg = InputConfig(uri=str(tmp_path / "images"))
-    done = np.array([manifest.image_id(u) for u in expected[:7]] + [12345], dtype=np.int64)
+    done = np.array([ids.image_id(u) for u in expected[:7]] + [12345], dtype=np.int64)
     shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, done, shard_rows=6, parallelism=4)
     assert shards.images == 20 and shards.pending_images == 13
     assert listing.missing_images(shards, {}, done) == 13
-    all_done = np.array([manifest.image_id(u) for u in expected])
+    all_done = np.array([ids.image_id(u) for u in expected])
     assert listing.missing_images(shards, {}, all_done) == 0
     first = [u for t in _read_shards(shards) for u in t.column(Col.URI).to_pylist()][:9]
     limited = listing.build_shards(cfg.model_copy(update={"limit": 9}), str(tmp_path / "m"), {},
@@ -135,7 +136,7 @@ def test_sharded_manifest_folder_deduplicates_across_shards(tmp_path: Path, monk
     pq.write_table(pa.table({"uri": [*uris[20:45], None, ""]}), folder / "b.parquet")
     pacsv.write_csv(pa.table({"uri": uris[40:] + uris[:3]}), folder / "c.csv")
     (folder / "README.txt").write_text("not a table")
-    monkeypatch.setattr(listing, "_PARQUET_ROWS_PER_UNIT", 10)  # a.parquet -> several slices
+    monkeypatch.setattr(tables, "_PARQUET_ROWS_PER_UNIT", 10)  # a.parquet -> several slices
     cfg = InputConfig(manifest=str(folder))
     units = listing.plan_units(cfg, parallelism=8)
     assert [u.items[0].rsplit("/", 1)[-1] for u in units].count("a.parquet") == 3
@@ -144,7 +145,7 @@ def test_sharded_manifest_folder_deduplicates_across_shards(tmp_path: Path, monk
     _check_shards(shards, uris)
     # A glob picks a subset of the shards.
     glob_cfg = InputConfig(manifest=str(folder / "*.parquet"))
-    assert sorted(manifest.build_manifest(glob_cfg).column(Col.URI).to_pylist()) == uris[:45]
+    assert sorted(listing.build_manifest(glob_cfg).column(Col.URI).to_pylist()) == uris[:45]
 
 
 def _inventory(fs, bucket: str, fmt: str) -> tuple[str, list[str]]:
@@ -193,25 +194,25 @@ def test_s3_inventory_manifest(s3_bucket: tuple[str, dict], fmt: str) -> None:
     fs = s3fs.S3FileSystem(**options)
     report, expected = _inventory(fs, bucket.removeprefix("s3://"), fmt)
     cfg = InputConfig(manifest=report, storage_options=options)
-    table = manifest.build_manifest(cfg)
+    table = listing.build_manifest(cfg)
     assert table.column(Col.URI).to_pylist() == expected
-    assert table.column(Col.IMAGE_ID).to_pylist() == [manifest.image_id(u) for u in expected]
+    assert table.column(Col.IMAGE_ID).to_pylist() == [ids.image_id(u) for u in expected]
 
 
 def test_inventory_style_table_and_clear_errors(tmp_path: Path) -> None:
     path = tmp_path / "inv.parquet"
     pq.write_table(pa.table({"Bucket": ["b", "b"], "Key": ["x/1.jpg", "x/2.gif"]}), path)
-    table = manifest.build_manifest(InputConfig(manifest=str(path)))
+    table = listing.build_manifest(InputConfig(manifest=str(path)))
     assert table.column(Col.URI).to_pylist() == ["s3://b/x/1.jpg", "s3://b/x/2.gif"]
     with pytest.raises(ConfigError, match="does not exist"):
-        manifest.build_manifest(InputConfig(manifest=str(tmp_path / "absent.parquet")))
+        listing.build_manifest(InputConfig(manifest=str(tmp_path / "absent.parquet")))
     bad = tmp_path / "manifest.json"
     bad.write_text(json.dumps({"files": []}))
     with pytest.raises(ConfigError, match="not an S3 Inventory manifest"):
-        manifest.build_manifest(InputConfig(manifest=str(bad)))
+        listing.build_manifest(InputConfig(manifest=str(bad)))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="names no Parquet or CSV"):
-        manifest.build_manifest(InputConfig(manifest=str(tmp_path / "empty")))
+        listing.build_manifest(InputConfig(manifest=str(tmp_path / "empty")))
 
 
 def test_unique_rows_drops_repeats_and_rejects_collisions() -> None:
@@ -241,7 +242,7 @@ ODD_NAMES = ["a.jpg", "a", "ab.jpg", "A.png", "~z.jpg", "é.jpg", "日本.png", 
              " space.jpg", "zz/deep.jpg", "0" * 40 + ".jpg", "}.jpg", "\x7f.jpg"]
 
 
-def _owner(ranges: list[listing.KeyRange], key: str) -> int:
+def _owner(ranges: list[prefixes.KeyRange], key: str) -> int:
     """The one range holding ``key`` (the ranges are checked to be contiguous and increasing)."""
     uppers = [r.upto for r in ranges[:-1]]
     index = bisect.bisect_left(uppers, key)
@@ -255,11 +256,11 @@ def test_split_range_partitions_any_keys() -> None:
     alphabet = [*"0123456789abcdefXYZ-_ ~/.", "é", "日", "\x02", "\x7f"]
     keys = ["p/" + "".join(rng.choice(alphabet, size=rng.integers(0, 6))) for _ in range(3000)]
     keys += ["p/" + name for name in ODD_NAMES] + ["p/"]
-    ranges = [listing.KeyRange(None, None, "p/")]
+    ranges = [prefixes.KeyRange(None, None, "p/")]
     for _ in range(3):  # split three levels deep every range holding several keys
         crowded = {i for i, n in Counter(_owner(ranges, k) for k in keys).items() if n > 1}
         ranges = [piece for i, r in enumerate(ranges)
-                  for piece in (listing.split_range(r) if i in crowded else [r])]
+                  for piece in (prefixes.split_range(r) if i in crowded else [r])]
         assert ranges[0].after is None and ranges[-1].upto is None
         assert all(a.upto == b.after for a, b in pairwise(ranges))
         assert all(r.after is None or r.upto is None or r.after < r.upto for r in ranges)
@@ -289,8 +290,8 @@ def test_flat_bucket_prefix_is_cut_into_key_ranges(
     s3_bucket: tuple[str, dict], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     uri, options, expected = _flat_bucket(s3_bucket, 300)
-    monkeypatch.setattr(listing, "_PAGE", 16)  # a level of more than 16 keys counts as large
-    monkeypatch.setattr(listing, "_LOOSE_PER_UNIT", 40)
+    monkeypatch.setattr(prefixes, "_PAGE", 16)  # a level of more than 16 keys counts as large
+    monkeypatch.setattr(prefixes, "_LOOSE_PER_UNIT", 40)
     cfg = InputConfig(uri=uri, storage_options=options)
     units = listing.plan_units(cfg, parallelism=8)
     # The driver holds ranges, not keys: every unit is a key range of the folder.
@@ -316,7 +317,7 @@ def test_flat_and_nested_bucket_shards(
     import s3fs
 
     uri, options, flat = _flat_bucket(s3_bucket, 120)
-    monkeypatch.setattr(listing, "_PAGE", 16)
+    monkeypatch.setattr(prefixes, "_PAGE", 16)
     fs = s3fs.S3FileSystem(**options)
     name = uri.removeprefix("s3://").split("/")[0]
     small = [f"{name}/small/{i}.jpg" for i in range(5)]

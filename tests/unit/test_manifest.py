@@ -13,10 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from iqa_ray import io as iqa_io
-from iqa_ray import manifest
-from iqa_ray.config import InputConfig
 from iqa_ray.errors import ConfigError
-from iqa_ray.schema import Col
+from iqa_ray.inputs import done as done_set
+from iqa_ray.inputs import ids as input_ids
+from iqa_ray.inputs import shards
+from iqa_ray.inputs.config import InputConfig
+from iqa_ray.schema import MANIFEST_SCHEMA, Col
 
 METHODS = ["qalign_levels", "qbench_binary"]
 
@@ -43,14 +45,14 @@ def keys(rows: list[tuple[int, str, str | None, int]]) -> pa.Table:
     "uri", ["s3://bucket/a.jpg", "file:///tmp/x y/é 图.png", "gs://b/" + "k" * 500, ""]
 )
 def test_image_id_formula_and_range(uri: str) -> None:
-    first, second = manifest.image_id(uri), manifest.image_id(uri)
+    first, second = input_ids.image_id(uri), input_ids.image_id(uri)
     assert first == second == documented_id(uri)
     assert 0 <= first <= np.iinfo(np.int64).max
 
 
 def test_image_ids_differ_and_fit_int64() -> None:
     uris = [f"s3://b/img_{i:05d}.jpg" for i in range(2000)]
-    ids = np.array([manifest.image_id(u) for u in uris], dtype=np.int64)
+    ids = np.array([input_ids.image_id(u) for u in uris], dtype=np.int64)
     assert len(np.unique(ids)) == len(uris)
     assert (ids >= 0).all()
     # The top bit is masked off, so about half the ids use bit 62: the full range is used.
@@ -61,9 +63,9 @@ def test_manifest_independent_of_listing_order() -> None:
     uris = [f"s3://b/{i}.jpg" for i in range(50)]
     shuffled = uris[:]
     random.Random(7).shuffle(shuffled)
-    first, second = manifest.manifest_table(uris), manifest.manifest_table(shuffled)
+    first, second = input_ids.manifest_table(uris), input_ids.manifest_table(shuffled)
     assert first.equals(second)
-    assert first.schema.equals(manifest.MANIFEST_SCHEMA)
+    assert first.schema.equals(MANIFEST_SCHEMA)
     assert first.column(Col.URI).to_pylist() == sorted(uris)
     pairs = dict(
         zip(
@@ -76,15 +78,15 @@ def test_manifest_independent_of_listing_order() -> None:
 
 
 def test_duplicate_uris_collapse() -> None:
-    table = manifest.manifest_table(["s3://b/a.jpg", "s3://b/b.jpg", "s3://b/a.jpg"])
+    table = input_ids.manifest_table(["s3://b/a.jpg", "s3://b/b.jpg", "s3://b/a.jpg"])
     assert table.column(Col.URI).to_pylist() == ["s3://b/a.jpg", "s3://b/b.jpg"]
     assert table.num_rows == 2
 
 
 def test_id_collision_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(manifest, "image_id", lambda uri: 42)
+    monkeypatch.setattr(input_ids, "image_id", lambda uri: 42)
     with pytest.raises(ConfigError, match="hash to one image_id"):
-        manifest.manifest_table(["s3://b/a.jpg", "s3://b/b.jpg"])
+        input_ids.manifest_table(["s3://b/a.jpg", "s3://b/b.jpg"])
 
 
 def _images(folder: Path) -> list[str]:
@@ -98,10 +100,10 @@ def _images(folder: Path) -> list[str]:
 
 def test_build_manifest_from_prefix(tmp_path: Path) -> None:
     expected = _images(tmp_path)
-    table = manifest.build_manifest(InputConfig(uri=str(tmp_path)))
+    table = shards.build_manifest(InputConfig(uri=str(tmp_path)))
     assert table.column(Col.URI).to_pylist() == expected
     assert table.column(Col.IMAGE_ID).to_pylist() == [documented_id(u) for u in expected]
-    limited = manifest.build_manifest(InputConfig(uri=str(tmp_path), limit=2))
+    limited = shards.build_manifest(InputConfig(uri=str(tmp_path), limit=2))
     assert limited.equals(table.slice(0, 2))
 
 
@@ -115,26 +117,26 @@ def test_build_manifest_from_table(tmp_path: Path, fmt: str) -> None:
     else:
         pq.write_table(source, path)
     cfg = InputConfig(manifest=str(path), manifest_uri_column="path")
-    table = manifest.build_manifest(cfg)
+    table = shards.build_manifest(cfg)
     assert table.column(Col.URI).to_pylist() == ["s3://b/1.jpg", "s3://b/2.jpg", "s3://b/3.jpg"]
     assert table.column(Col.IMAGE_ID).to_pylist() == [documented_id(u) for u in sorted(set(uris))]
-    limited = manifest.build_manifest(cfg.model_copy(update={"limit": 1}))
+    limited = shards.build_manifest(cfg.model_copy(update={"limit": 1}))
     assert limited.column(Col.URI).to_pylist() == ["s3://b/1.jpg"]
 
 
 def test_manifest_ids_match_listing_ids(tmp_path: Path) -> None:
     # A manifest naming the same objects as a listing yields the same ids: runs can switch.
     _images(tmp_path / "images")
-    listed = manifest.build_manifest(InputConfig(uri=str(tmp_path / "images")))
+    listed = shards.build_manifest(InputConfig(uri=str(tmp_path / "images")))
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"uri": listed.column(Col.URI).to_pylist()[::-1]}), path)
-    assert manifest.build_manifest(InputConfig(manifest=str(path))).equals(listed)
+    assert shards.build_manifest(InputConfig(manifest=str(path))).equals(listed)
 
 
 def test_manifest_skips_empty_uris(tmp_path: Path) -> None:
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"uri": pa.array(["s3://b/1.jpg", None, ""], pa.string())}), path)
-    table = manifest.build_manifest(InputConfig(manifest=str(path)))
+    table = shards.build_manifest(InputConfig(manifest=str(path)))
     assert table.column(Col.URI).to_pylist() == ["s3://b/1.jpg"]
 
 
@@ -142,19 +144,19 @@ def test_manifest_missing_column(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
     pacsv.write_csv(pa.table({"url": ["s3://b/1.jpg"]}), path)
     with pytest.raises(ConfigError, match=r"no column 'uri'.*url"):
-        manifest.build_manifest(InputConfig(manifest=str(path)))
+        shards.build_manifest(InputConfig(manifest=str(path)))
 
 
 def test_load_score_keys_reads_committed_files(tmp_path: Path) -> None:
     scores = tmp_path / "scores"
-    empty = manifest.load_score_keys(str(scores), None)
+    empty = done_set.load_score_keys(str(scores), None)
     assert empty.num_rows == 0
     assert empty.column_names == [Col.IMAGE_ID, Col.METHOD, Col.ERROR_CODE, Col.ATTEMPT]
     full = keys([(1, "m", None, 0), (2, "m", "truncated", 0)])
     extra = full.append_column(Col.SCORE, pa.array([1.5, None], pa.float64()))
     iqa_io.write_parquet_atomic(str(scores / "part-1.parquet"), extra, None)
     iqa_io.write_parquet_atomic(str(scores / "part-2.parquet"), keys([(3, "m", None, 1)]), None)
-    loaded = manifest.load_score_keys(str(scores), None)
+    loaded = done_set.load_score_keys(str(scores), None)
     assert loaded.column_names == empty.column_names  # only the key columns are read
     assert sorted(loaded.column(Col.IMAGE_ID).to_pylist()) == [1, 2, 3]
 
@@ -171,10 +173,10 @@ def test_done_requires_every_method() -> None:
             (4, "qalign_levels", None, 0),
         ]
     )
-    done = manifest.done_ids(table, METHODS, retry_errors=False)
+    done = done_set.done_ids(table, METHODS, retry_errors=False)
     assert done.dtype == np.int64
     assert sorted(done.tolist()) == [1, 3]
-    assert manifest.done_ids(keys([]), METHODS, retry_errors=False).tolist() == []
+    assert done_set.done_ids(keys([]), METHODS, retry_errors=False).tolist() == []
 
 
 def test_latest_rows_keep_highest_attempt() -> None:
@@ -187,7 +189,7 @@ def test_latest_rows_keep_highest_attempt() -> None:
             (1, "n", "model_error", 3),
         ]
     )
-    latest = manifest.latest_rows(table)
+    latest = done_set.latest_rows(table)
     got = {
         (r[Col.IMAGE_ID], r[Col.METHOD]): (r[Col.ERROR_CODE], r[Col.ATTEMPT])
         for r in latest.to_pylist()
@@ -203,9 +205,9 @@ def test_latest_rows_keep_highest_attempt() -> None:
 )
 def test_retry_errors(code: str | None, retryable: bool) -> None:
     table = keys([(7, m, code, 0) for m in METHODS] + [(8, m, None, 0) for m in METHODS])
-    assert manifest.done_ids(table, METHODS, retry_errors=False).tolist() == [7, 8]
+    assert done_set.done_ids(table, METHODS, retry_errors=False).tolist() == [7, 8]
     expected = [8] if retryable else [7, 8]
-    assert manifest.done_ids(table, METHODS, retry_errors=True).tolist() == expected
+    assert done_set.done_ids(table, METHODS, retry_errors=True).tolist() == expected
 
 
 def test_retry_looks_only_at_latest_attempt() -> None:
@@ -221,21 +223,21 @@ def test_retry_looks_only_at_latest_attempt() -> None:
             (2, "qalign_levels", None, 1),
         ]
     )
-    assert manifest.done_ids(table, METHODS, retry_errors=True).tolist() == [1]
+    assert done_set.done_ids(table, METHODS, retry_errors=True).tolist() == [1]
 
 
 def test_pending_is_anti_join() -> None:
-    table = manifest.manifest_table([f"s3://b/{i}.jpg" for i in range(6)])
+    table = input_ids.manifest_table([f"s3://b/{i}.jpg" for i in range(6)])
     ids = table.column(Col.IMAGE_ID).to_numpy()
     done = np.array([ids[1], ids[4], 123], dtype=np.int64)  # 123: not in this manifest
-    todo = manifest.pending(table, done)
+    todo = done_set.pending(table, done)
     assert todo.column(Col.IMAGE_ID).to_pylist() == [ids[i] for i in (0, 2, 3, 5)]
     assert todo.schema.equals(table.schema)
-    assert manifest.pending(table, np.array([], dtype=np.int64)).equals(table)
-    assert manifest.pending(table, ids).num_rows == 0
+    assert done_set.pending(table, np.array([], dtype=np.int64)).equals(table)
+    assert done_set.pending(table, ids).num_rows == 0
 
 
 def test_next_attempt() -> None:
-    assert manifest.next_attempt(keys([])) == 0
-    assert manifest.next_attempt(keys([(1, "m", None, 0)])) == 1
-    assert manifest.next_attempt(keys([(1, "m", None, 0), (2, "m", "model_error", 4)])) == 5
+    assert done_set.next_attempt(keys([])) == 0
+    assert done_set.next_attempt(keys([(1, "m", None, 0)])) == 1
+    assert done_set.next_attempt(keys([(1, "m", None, 0), (2, "m", "model_error", 4)])) == 5

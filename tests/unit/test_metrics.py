@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from iqa_ray import metrics
-from iqa_ray.labels import read_labels_file
+from iqa_ray.analysis import metrics
+from iqa_ray.analysis.labels import read_labels_file
 
 QBENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval" / "qbench_a3"
 

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from iqa_ray import outputs
 from iqa_ray.errors import RowError
 from iqa_ray.methods import MethodResult, ScoringMethod, get_method
 from iqa_ray.schema import Col, ErrorCode
+from iqa_ray.scoring import outputs
 
 LABELS = ["qbench_binary", "qalign_levels"]  # config order, deliberately not sorted
 

@@ -21,16 +21,21 @@ from iqa_ray.backends.batching import (
     prefetch_map,
     run_halving,
 )
-from iqa_ray.backends.hf import TransformersBackend
-from iqa_ray.backends.hf_shared import sharing_support
-from iqa_ray.backends.prefix import dedupe_images, group_by_prefix, token_keys, tokens_saved
-from iqa_ray.compare2score_math import map_estimate, soft_comparison
-from iqa_ray.config import ModelConfig
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.transformers.backend import TransformersBackend
+from iqa_ray.backends.transformers.prefix import (
+    dedupe_images,
+    group_by_prefix,
+    token_keys,
+    tokens_saved,
+)
+from iqa_ray.backends.transformers.shared import sharing_support
 from iqa_ray.errors import RowError
 from iqa_ray.methods import ImageBatch, MethodContext, get_method
-from iqa_ray.methods.compare2score import ANSWER_PREFIX as C2S_PREFIX
-from iqa_ray.methods.compare2score import QUESTION as C2S_QUESTION
-from iqa_ray.methods.compare2score import WORDS as C2S_WORDS
+from iqa_ray.methods.compare2score.maths import map_estimate, soft_comparison
+from iqa_ray.methods.compare2score.method import ANSWER_PREFIX as C2S_PREFIX
+from iqa_ray.methods.compare2score.method import QUESTION as C2S_QUESTION
+from iqa_ray.methods.compare2score.method import WORDS as C2S_WORDS
 from iqa_ray.methods.levels import ANSWER_PREFIX, QUESTION
 from iqa_ray.methods.q_debias import QUALITY_QUESTION, SIMILARITY_QUESTION
 
@@ -159,7 +164,7 @@ def test_unverified_model_types_fall_back() -> None:
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path) -> TransformersBackend:
-    b = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    b = TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=4))
     assert b.prefix_sharing, "the tiny LLaVA must take the shared path"
     return b
 
@@ -420,7 +425,7 @@ def test_expansion_mismatch_disables_sharing(backend: TransformersBackend, caplo
     runner.encoder._checked = False
     processor.get_text_with_replacements = skewed
     try:
-        with caplog.at_level("INFO", logger="iqa_ray.backends.hf_shared"):
+        with caplog.at_level("INFO", logger="iqa_ray.backends.transformers.shared"):
             got = backend.next_token_logits(prompts)
     finally:
         del processor.get_text_with_replacements
@@ -431,7 +436,7 @@ def test_expansion_mismatch_disables_sharing(backend: TransformersBackend, caplo
 
 
 def test_first_call_checks_the_shared_path(tiny_model_dir: Path) -> None:
-    fresh = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    fresh = TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=4))
     runner = fresh._shared
     assert runner is not None and runner.verified is None
     prompts = _c2s_prompts(3)
@@ -446,7 +451,7 @@ def test_a_shared_path_that_disagrees_is_turned_off(tiny_model_dir: Path, caplog
     """A library version that drops the image features (transformers 5.17 ignored the
     ``mm_encoder_outputs`` argument an earlier version of this module passed) must cost speed,
     not correctness: the first call's check catches it and every call runs unshared."""
-    fresh = TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    fresh = TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=4))
     runner = fresh._shared
     assert runner is not None
     prompts = _q_debias_prompts(2)
@@ -460,7 +465,7 @@ def test_a_shared_path_that_disagrees_is_turned_off(tiny_model_dir: Path, caplog
         return bank * 0, encoded  # the features never reach the language model
 
     runner.encoder.encode = without_images  # type: ignore[method-assign]
-    with caplog.at_level("WARNING", logger="iqa_ray.backends.hf_shared"):
+    with caplog.at_level("WARNING", logger="iqa_ray.backends.transformers.shared"):
         got = fresh.next_token_logits(prompts)
         again = fresh.next_token_logits(prompts)
     assert runner.verified is False and not runner.enabled

@@ -8,17 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iqa_ray.backends.hf import TransformersBackend
-from iqa_ray.config import ModelConfig, RunConfig
+from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.transformers.backend import TransformersBackend
 from iqa_ray.errors import ConfigError
 from iqa_ray.methods import ImageBatch, MethodContext, get_method
 from iqa_ray.methods.q_debias import (
     QDebias,
     QDebiasParams,
     debiased_quality,
-    pair_probabilities,
+    prior_probabilities,
     prior_weights,
 )
+from iqa_ray.scoring.config import RunConfig
 
 # The spec's strings and priors (methods.md section 1), written out here, not imported.
 SPEC_SIMILARITY = "Do these two images describe the same object? Yes or no"
@@ -85,7 +86,7 @@ def test_batched_rows_are_independent_and_bounded() -> None:
 def test_temperature_of_the_binary_softmax(temperature: float, expected: float) -> None:
     # Logit gap 2 between the positive and the negative word, for both questions.
     logits = [np.array([[3.0, 1.0]]), np.array([[3.0, 1.0]])]
-    p_yes, p_good = pair_probabilities(logits, temperature)
+    p_yes, p_good = prior_probabilities(logits, temperature)
     assert p_yes.shape == p_good.shape == (1, 1)
     assert p_yes[0, 0] == pytest.approx(expected, abs=1e-6)
     assert p_good[0, 0] == pytest.approx(expected, abs=1e-6)
@@ -110,7 +111,7 @@ def test_reduce_reads_similarity_then_quality_per_prior() -> None:
 
 def test_odd_logit_count_is_rejected() -> None:
     with pytest.raises(ValueError, match="2N"):
-        pair_probabilities([np.zeros((1, 2))] * 3)
+        prior_probabilities([np.zeros((1, 2))] * 3)
 
 
 # ------------------------------------------------------------------------------ params
@@ -186,7 +187,7 @@ def test_prompts_show_the_degraded_prior_first_and_the_query_second() -> None:
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path) -> TransformersBackend:
-    return TransformersBackend(ModelConfig(id=str(tiny_model_dir)), batch_size=4)
+    return TransformersBackend(ModelConfig(id=str(tiny_model_dir), batch_size=4))
 
 
 def test_answer_words_are_what_the_model_emits_first_in_the_assistant_turn(

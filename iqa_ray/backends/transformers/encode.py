@@ -1,0 +1,114 @@
+"""Encoding one call's prompts for the shared-prefix path of the transformers backend.
+
+Each distinct image (by ``Prompt.image_keys``, checked against the pixels, or by content hash)
+is preprocessed and run through the vision encoder once, into a feature bank; CPU
+preprocessing of the next chunk of images overlaps the encoder on the GPU. Every prompt is
+rendered, its image placeholders expanded with the processor's own ``replace_image_token``,
+tokenized, and each token given an identity (``prefix.token_keys``). Once per backend, the
+expansion is checked against the processor's own output for one prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from iqa_ray.backends.batching import is_out_of_memory, prefetch_map, run_halving
+from iqa_ray.backends.prompt import Prompt
+from iqa_ray.backends.transformers.prefix import dedupe_images, token_keys
+from iqa_ray.backends.transformers.runtime import LoadedModel
+
+
+class ExpansionMismatch(ValueError):
+    """Our placeholder expansion differs from the processor's: the shared path is unusable."""
+
+
+@dataclass
+class EncodedPrompt:
+    """One prompt, rendered and tokenized: its text (word ids come from its tail), its words
+    and its token identities."""
+
+    text: str
+    words: tuple[str, ...]
+    keys: list[int]
+
+
+class PromptEncoder:
+    """Turns a call's prompts into a feature bank and token identities (see module doc)."""
+
+    def __init__(self, rt: LoadedModel) -> None:
+        self.rt = rt
+        self._checked = False
+
+    def _preprocess(self, images: list[np.ndarray]) -> Any:
+        return self.rt.processor.image_processor(images, return_tensors="pt")
+
+    def _encode(self, arrays: list[np.ndarray]) -> tuple[Any, list[range], list[str]]:
+        """Feature bank of the distinct images, each image's rows in it, its placeholder text."""
+        b = self.rt
+        chunks = [arrays[i : i + b.batch_size] for i in range(0, len(arrays), b.batch_size)]
+        features: list[Any] = []
+        texts: list[str] = []
+        for processed in prefetch_map(self._preprocess, chunks, overlap=b.device == "cuda"):
+            n = len(processed["pixel_values"])
+            texts.extend(b.processor.replace_image_token(processed, image_idx=k) for k in range(n))
+            pixels = processed["pixel_values"].to(b.device, b.model.dtype)
+            features.extend(
+                run_halving(
+                    list(range(n)),
+                    lambda idx, p=pixels: self._vision(p[idx]),
+                    is_out_of_memory,
+                    lambda _: b.free_memory(),
+                )
+            )
+        sizes = [int(f.shape[0]) for f in features]
+        for text, size in zip(texts, sizes, strict=True):
+            if text.count(b.processor.image_token) != size:
+                raise ValueError(
+                    f"placeholder text has {text.count(b.processor.image_token)} "
+                    f"image tokens for {size} features"
+                )
+        starts = np.cumsum([0, *sizes]).tolist()
+        rows = [range(starts[k], starts[k + 1]) for k in range(len(sizes))]
+        hidden = b.model.get_input_embeddings().weight.shape[1]
+        bank = torch.cat(features) if features else torch.empty(0, hidden, device=b.device)
+        return bank.to(b.model.dtype), rows, texts
+
+    def _vision(self, pixels: Any) -> list[Any]:
+        self.rt.stats.add(images_encoded=len(pixels))
+        return list(self.rt.model.get_image_features(pixel_values=pixels).pooler_output)
+
+    def encode(self, prompts: Sequence[Prompt]) -> tuple[Any, list[EncodedPrompt]]:
+        """The feature bank of the call's distinct images and every prompt, tokenized."""
+        arrays, slots = dedupe_images(prompts)
+        bank, rows, placeholder = self._encode(arrays)
+        texts = [self.rt.render(p) for p in prompts]
+        replacements = [placeholder[k] for row in slots for k in row]
+        expanded, _ = self.rt.processor.get_text_with_replacements(list(texts), replacements)
+        ids = self.rt.tokenizer(expanded)["input_ids"]
+        image_token_id = self.rt.processor.image_token_id
+        encoded = [
+            EncodedPrompt(
+                text, p.words, token_keys(seq, image_token_id, [r for k in row for r in rows[k]])
+            )
+            for p, text, seq, row in zip(prompts, texts, ids, slots, strict=True)
+        ]
+        if not self._checked:
+            self._check_against_processor(prompts, texts, ids)
+        return bank, encoded
+
+    def _check_against_processor(
+        self, prompts: Sequence[Prompt], texts: list[str], ids: list[list[int]]
+    ) -> None:
+        """Once per backend: our expansion must give the processor's own token ids."""
+        i = next((k for k, p in enumerate(prompts) if p.images), 0)
+        ref = self.rt.processor(
+            text=[texts[i]], images=[list(prompts[i].images)] if prompts[i].images else None
+        )
+        self._checked = True
+        if list(ref["input_ids"][0]) != list(ids[i]):
+            raise ExpansionMismatch("placeholder expansion differs from the processor's")

@@ -1,0 +1,169 @@
+"""A run's record in the bucket: its folder layout, run.json (versions, data digests,
+fingerprint guard) and the summary derived from committed rows (counts by method, status and
+error code; reconciliation against the manifest)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from iqa_ray import __version__, io
+from iqa_ray.errors import ConfigError
+from iqa_ray.inputs import done as done_set
+from iqa_ray.inputs.shards import Shards, missing_images
+from iqa_ray.methods import get_method
+from iqa_ray.schema import RETRYABLE_CODES, Col
+from iqa_ray.scoring.config import RunConfig
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one run lives in the bucket."""
+
+    root: str
+
+    @property
+    def run_json(self) -> str:
+        return io.join(self.root, "run.json")
+
+    @property
+    def scores(self) -> str:
+        return io.join(self.root, "scores")
+
+    @property
+    def manifest(self) -> str:
+        return io.join(self.root, "manifest")
+
+    @property
+    def success(self) -> str:
+        return io.join(self.root, "_SUCCESS")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports back to the job script."""
+
+    run_id: str
+    uri: str
+    summary: dict[str, Any]
+
+    @property
+    def infra_failures(self) -> int:
+        """Rows whose error is retryable (fetch or model failures), not the input's fault."""
+        by_code = self.summary["rows_by_error_code"]
+        return sum(n for code, n in by_code.items() if code in RETRYABLE_CODES)
+
+
+def run_paths(cfg: RunConfig) -> RunPaths:
+    """The run folder ``<output>/runs/<run_id>``."""
+    return RunPaths(io.join(cfg.output.uri, "runs", cfg.resolved_run_id()))
+
+
+def versions() -> dict[str, str | None]:
+    """Library versions recorded in run.json (heavy ones only if importable here)."""
+    import ray
+
+    found: dict[str, str | None] = {"iqa_ray": __version__, "ray": ray.__version__,
+                                    "python": platform.python_version()}
+    for name in ("torch", "transformers"):
+        try:
+            found[name] = __import__(name).__version__
+        except ImportError:
+            found[name] = None
+    return found
+
+
+def data_digests(cfg: RunConfig) -> dict[str, str]:
+    """Per method, the digest of external data its scores depend on (anchor sets, weights)."""
+    found = {}
+    for spec in cfg.methods:
+        digest = get_method(spec.method)(spec.params).data_digest()
+        if digest is not None:
+            found[spec.name] = digest
+    return found
+
+
+def check_fingerprint(cfg: RunConfig, paths: RunPaths, digests: dict[str, str] | None = None,
+                      ) -> dict[str, Any] | None:
+    """Refuse to resume a run whose stored fingerprint or data digests differ; return the
+    stored record."""
+    opts = cfg.output.storage_options
+    if not io.exists(paths.run_json, opts):
+        return None
+    stored = io.read_json(paths.run_json, opts)
+    changed = [name for name, digest in (digests or {}).items()
+               if stored.get("data_digests", {}).get(name, digest) != digest]
+    if changed:
+        raise ConfigError(
+            f"run {cfg.resolved_run_id()!r} at {paths.root}: the data behind method(s) {changed} "
+            "(an anchor set or trained weights) changed since the run started; resuming would "
+            "mix scores made with different data. Pick a new run_id or restore the data."
+        )
+    if stored.get("fingerprint") != cfg.fingerprint():
+        raise ConfigError(
+            f"run {cfg.resolved_run_id()!r} at {paths.root} was made with a different "
+            "result-affecting configuration (model, methods, prompts, distortions or image "
+            "guards); resuming would mix incompatible scores. Pick a new run_id, or restore "
+            f"the original configuration (stored in {paths.run_json})."
+        )
+    return stored
+
+
+def summarize(keys: pa.Table, shards: Shards, methods: list[str],
+              storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Counts derived from the committed rows: by method and error code, and reconciliation."""
+    latest = done_set.latest_rows(keys)
+    counts = _counts(latest)
+    by_code: dict[str, int] = {}
+    for (_, code), n in counts.items():
+        by_code[code] = by_code.get(code, 0) + n
+    done = done_set.done_ids(keys, methods, retry_errors=False)
+    return {
+        "images": shards.images,
+        "manifest_shards": len(shards.uris),
+        "methods": methods,
+        "rows_expected": int(shards.images * len(methods)),
+        "rows_written": int(keys.num_rows),
+        "rows_current": int(latest.num_rows),
+        "rows_superseded": int(keys.num_rows - latest.num_rows),
+        "rows_by_method": {m: sum(n for (mm, _), n in counts.items() if mm == m) for m in methods},
+        "rows_by_error_code": dict(sorted(by_code.items())),
+        "images_missing": missing_images(shards, storage_options, done),
+        **status_counts(latest, methods),
+    }
+
+
+def _counts(latest: pa.Table) -> dict[tuple[str, str], int]:
+    """Current rows per (method, error code or "ok"), aggregated in Arrow (no per-row objects)."""
+    if latest.num_rows == 0:
+        return {}
+    grouped = latest.select([Col.METHOD, Col.ERROR_CODE]).group_by(
+        [Col.METHOD, Col.ERROR_CODE]).aggregate([([], "count_all")])
+    return {(m, c or "ok"): int(n) for m, c, n in zip(
+        grouped.column(Col.METHOD).to_pylist(), grouped.column(Col.ERROR_CODE).to_pylist(),
+        grouped.column("count_all").to_pylist(), strict=True)}
+
+
+def status_counts(latest: pa.Table, methods: list[str]) -> dict[str, Any]:
+    """Current rows by status (ok/error), by method and error code, and the infrastructure
+    failures among them (retryable codes: the job's exit status and ``--retry-errors`` key on it).
+    """
+    per_method: dict[str, dict[str, int]] = {m: {} for m in methods}
+    ok = errors = infra = 0
+    for (method, code), n in _counts(latest).items():
+        if method in per_method:
+            per_method[method][code] = n
+        if code == "ok":
+            ok += n
+        else:
+            errors += n
+        infra += n if code in RETRYABLE_CODES else 0
+    return {
+        "rows_by_status": {"ok": ok, "error": errors},
+        "rows_by_method_and_error_code": {m: dict(sorted(c.items())) for m, c in
+                                          per_method.items()},
+        "infra_failures": infra,
+    }
