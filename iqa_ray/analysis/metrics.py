@@ -1,4 +1,5 @@
-"""Agreement metrics between model scores and human opinion scores, and the logit scoring rules.
+"""Agreement metrics between model scores and human opinion scores (the logit scoring rules are
+``iqa_ray.methods.rules``).
 
 Pure numpy/scipy (no Ray, no I/O). Conventions: methods.md "Evaluation conventions" (SRCC/PLCC on
 raw scores first; the 4-parameter logistic fit before PLCC is an optional, labelled extra).
@@ -21,52 +22,9 @@ logger = logging.getLogger(__name__)
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
-# Weights of the level words in the order excellent, good, fair, poor, bad (Q-Align rule).
-LEVEL_WEIGHTS = np.array([5.0, 4.0, 3.0, 2.0, 1.0])
-
 # Bootstrap resamples are processed in chunks of about this many elements per array (~32 MB of
 # float64), so 1000 resamples of 100k scores never materialise an 800 MB index matrix at once.
 _CHUNK_ELEMENTS = 4_000_000
-
-
-def binary_score(
-    logit_good: ArrayLike, logit_poor: ArrayLike, temperature: float = 100.0
-) -> float | np.ndarray:
-    """Q-Bench binary rule: ``softmax([good, poor] / T)[0]``, in [0, 1], higher is better.
-
-    Computed as ``sigmoid((good - poor) / T)``, which is the same quantity without overflow, and
-    which keeps exactly tied logit differences tied (the naive ``exp(a)/(exp(a)+exp(b))`` splits
-    such ties with rounding noise, which changes SRCC on coarse logits).
-
-    Raises:
-        ValueError: if ``temperature`` is not positive.
-    """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    good = np.asarray(logit_good, dtype=np.float64)
-    poor = np.asarray(logit_poor, dtype=np.float64)
-    out = special.expit((good - poor) / temperature)
-    return float(out) if out.ndim == 0 else out
-
-
-def level_score(logits5: ArrayLike) -> float | np.ndarray:
-    """Q-Align rule: expected level of ``softmax(logits5)`` with weights [5, 4, 3, 2, 1].
-
-    Args:
-        logits5: logits of excellent, good, fair, poor, bad on the last axis, shape ``(..., 5)``.
-
-    Returns:
-        A score in [1, 5] per row (uniform logits give 3.0, a one-hot excellent gives 5.0).
-
-    Raises:
-        ValueError: if the last axis does not have length 5.
-    """
-    logits = np.asarray(logits5, dtype=np.float64)
-    if logits.shape[-1:] != (5,):
-        raise ValueError(f"level_score needs 5 logits on the last axis, got shape {logits.shape}")
-    # scipy's softmax subtracts the row maximum first, so large logits cannot overflow.
-    out = special.softmax(logits, axis=-1) @ LEVEL_WEIGHTS
-    return float(out) if out.ndim == 0 else out
 
 
 def finite_pairs(pred: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:

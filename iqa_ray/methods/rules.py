@@ -1,8 +1,10 @@
-"""Pure scoring rules on next-token logits (numpy only; shared by methods and evaluation)."""
+"""Pure scoring rules on next-token logits (numpy only): the one implementation the methods and
+the evaluation of stored logits (``iqa_ray.analysis``) both use."""
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 LEVEL_WEIGHTS_1_5 = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # excellent, good, fair, poor, bad
 
@@ -26,5 +28,17 @@ def level_expectation(logits: np.ndarray, weights: np.ndarray = LEVEL_WEIGHTS_1_
 
 
 def binary_probability(logits: np.ndarray, temperature: float = 100.0) -> np.ndarray:
-    """Q-Bench rule: softmax([l_pos, l_neg] / T)[0] for logits of shape (..., 2)."""
-    return softmax(logits, temperature)[..., 0]
+    """Q-Bench rule: softmax([l_pos, l_neg] / T)[0] for logits of shape (..., 2), in [0, 1].
+
+    Computed as ``sigmoid((l_pos - l_neg) / T)``: the same quantity without overflow, and a
+    function of the logit difference alone, so logits that differ by the same amount score
+    exactly the same (a plain softmax splits such ties with rounding noise, which changes SRCC
+    on coarse logits such as the Q-Bench A3 outputs, whose logits lie on a 0.5 grid).
+
+    Raises:
+        ValueError: ``temperature`` is not positive.
+    """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64)
+    return expit((z[..., 0] - z[..., 1]) / temperature)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from scipy import stats
 
-from iqa_ray.analysis import metrics, plots
+from iqa_ray.analysis import plots
 from iqa_ray.analysis.evaluate import (
     PLCC_LOGISTIC_LABEL,
     EvaluateJobConfig,
@@ -25,6 +25,7 @@ from iqa_ray.analysis.evaluate import (
 )
 from iqa_ray.analysis.labels import read_labels
 from iqa_ray.analysis.scores import ALL_GROUP, add_folder, wide_scores
+from iqa_ray.methods.rules import binary_probability
 from tests.helpers import write_score_run
 
 QBENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval" / "qbench_a3"
@@ -157,7 +158,7 @@ def qbench() -> Path:
 def test_qbench_qwen_koniq_through_evaluation(qbench: Path, tmp_path: Path) -> None:
     raw = (qbench / "qwen-vl" / "koniq.json").read_bytes()
     labels = read_labels(raw, fmt="json")
-    score = metrics.binary_score(labels["logit_good"], labels["logit_poor"])
+    score = binary_probability(np.stack([labels["logit_good"], labels["logit_poor"]], axis=-1))
     rows = [
         {"uri": f"s3://corpus/koniq/1024x768/{k}", "method": "qbench_binary", "score": s}
         for k, s in zip(labels["key"], score, strict=True)

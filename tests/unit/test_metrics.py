@@ -13,6 +13,7 @@ from scipy import stats
 
 from iqa_ray.analysis import metrics
 from iqa_ray.analysis.labels import read_labels_file
+from iqa_ray.methods.rules import binary_probability
 
 QBENCH = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval" / "qbench_a3"
 
@@ -156,27 +157,6 @@ def test_evaluate_keys(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert out["plcc_ci"][0] <= out["plcc"] <= out["plcc_ci"][1]
 
 
-def test_binary_score() -> None:
-    assert metrics.binary_score(3.0, 3.0) == 0.5
-    expected = math.exp(0.15) / (math.exp(0.15) + math.exp(0.05))
-    assert metrics.binary_score(15.0, 5.0) == pytest.approx(expected)
-    assert metrics.binary_score(1e6, -1e6, temperature=1.0) == 1.0  # no overflow
-    assert metrics.binary_score([1.0, 2.0], [2.0, 1.0]).shape == (2,)
-    with pytest.raises(ValueError):
-        metrics.binary_score(1.0, 2.0, temperature=0.0)
-
-
-def test_level_score() -> None:
-    assert metrics.level_score(np.zeros(5)) == pytest.approx(3.0)
-    assert metrics.level_score([1e4, 0.0, 0.0, 0.0, 0.0]) == pytest.approx(5.0)
-    assert metrics.level_score([0.0, 0.0, 0.0, 0.0, 1e4]) == pytest.approx(1.0)
-    assert metrics.level_score([1000.0, 1000.0, 1000.0, 1000.0, 1000.0]) == pytest.approx(3.0)
-    batch = metrics.level_score(np.array([[0.0] * 5, [50.0, 0.0, 0.0, 0.0, 0.0]]))
-    assert np.allclose(batch, [3.0, 5.0])
-    with pytest.raises(ValueError):
-        metrics.level_score([0.0, 1.0])
-
-
 # Q-Bench A3 leaderboard (leaderboards/README.md of Q-Future/Q-Bench, computed by its
 # IQA_outputs/eval.ipynb from exactly these files): (model, dataset, SRCC, PLCC).
 LEADERBOARD = [
@@ -195,7 +175,7 @@ LEADERBOARD = [
 ]
 # Where exact ties give a different third decimal. InternLM-XComposer-VL logits lie on a 0.5
 # grid (25 distinct scores over KonIQ's 10,073 images); the notebook's exp(a)/(exp(a)+exp(b))
-# splits those ties with platform-dependent rounding noise, binary_score keeps them tied, and
+# splits those ties with platform-dependent rounding noise, binary_probability keeps them tied, and
 # SRCC uses average ranks for ties. PLCC agrees everywhere.
 TIE_EXACT_SRCC = {
     ("internlm_xcomposer_vl", "koniq"): 0.570,
@@ -215,7 +195,7 @@ def test_qbench_binary_rule_reproduces_leaderboard(
     qbench: Path, model: str, dataset: str, srcc: float, plcc: float
 ) -> None:
     labels = read_labels_file(qbench / model / f"{dataset}.json")
-    score = metrics.binary_score(labels["logit_good"], labels["logit_poor"])
+    score = binary_probability(np.stack([labels["logit_good"], labels["logit_poor"]], axis=-1))
     expected_srcc = TIE_EXACT_SRCC.get((model, dataset), srcc)
     assert round(metrics.srcc(score, labels["mos"]), 3) == expected_srcc
     assert round(metrics.plcc(score, labels["mos"]), 3) == plcc
@@ -224,7 +204,7 @@ def test_qbench_binary_rule_reproduces_leaderboard(
 def test_qbench_evaluate_on_qwen_koniq(qbench: Path) -> None:
     labels = read_labels_file(qbench / "qwen-vl" / "koniq.json")
     assert len(labels) == 10_073
-    score = metrics.binary_score(labels["logit_good"], labels["logit_poor"])
+    score = binary_probability(np.stack([labels["logit_good"], labels["logit_poor"]], axis=-1))
     out = metrics.evaluate(score, labels["mos"], n_boot=200)
     assert (round(out["srcc"], 3), round(out["plcc"], 3)) == (0.470, 0.546)
     assert out["srcc_ci"][0] < 0.470 < out["srcc_ci"][1]

@@ -115,3 +115,18 @@ def test_qbench_binary_reduce(temperature: float, rows: list[list[float]]) -> No
 
 def test_qbench_default_temperature_is_q_bench() -> None:
     assert get_method("qbench_binary")({}).params.temperature == 100.0
+
+
+def test_binary_probability_matches_the_softmax_and_keeps_ties() -> None:
+    assert binary_probability(np.array([3.0, 3.0])) == 0.5
+    expected = math.exp(0.15) / (math.exp(0.15) + math.exp(0.05))
+    assert binary_probability(np.array([15.0, 5.0])) == pytest.approx(expected)
+    assert binary_probability(np.array([1e6, -1e6]), temperature=1.0) == 1.0  # no overflow
+    logits = np.random.default_rng(3).normal(0, 5, (1000, 2))
+    np.testing.assert_allclose(binary_probability(logits, 7.0), softmax(logits, 7.0)[:, 0],
+                               rtol=0, atol=1e-15)
+    # Same difference, different offsets on a 0.5 grid: exactly one value.
+    grid = np.array([[2.5, 0.5], [10.0, 8.0], [-3.0, -5.0], [101.5, 99.5]])
+    assert len(set(binary_probability(grid, 100.0).tolist())) == 1
+    with pytest.raises(ValueError):
+        binary_probability(np.array([1.0, 2.0]), temperature=0.0)
