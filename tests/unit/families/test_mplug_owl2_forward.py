@@ -86,11 +86,14 @@ def test_inputs_embeds_with_image_mask_equals_input_ids_path(tiny: dict) -> None
         embeds, image_mask = _spliced_embeds(model, batch)
         mask = batch["attention_mask"]
         via_embeds = model(inputs_embeds=embeds, image_mask=image_mask, attention_mask=mask)
-        as_text = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]
+        no_image = torch.zeros_like(image_mask)
+        as_text = model(inputs_embeds=embeds, image_mask=no_image, attention_mask=mask)
+        with pytest.raises(ValueError, match="image_mask"):
+            model(inputs_embeds=embeds, attention_mask=mask)
     via_ids = last_logits(model, batch)
     assert (via_embeds.logits[:, -1] - via_ids).abs().max() < 1e-5
-    # Without image_mask every position takes the text multiway copy: the routing matters.
-    assert (as_text[:2] - via_ids[:2]).abs().max() > 1e-2
+    # With image positions marked as text they take the text multiway copy: routing matters.
+    assert (as_text.logits[:2, -1] - via_ids[:2]).abs().max() > 1e-2
 
 
 def test_prefix_cache_then_suffix_equals_full_forward(tiny: dict) -> None:
@@ -112,6 +115,13 @@ def test_prefix_cache_then_suffix_equals_full_forward(tiny: dict) -> None:
         )
     assert (out.logits[0, -1] - full).abs().max() < TOL
     assert out.past_key_values.get_seq_length() == ids.shape[1]
+    with torch.no_grad():  # positions counted from the mask when not given
+        again = model(input_ids=ids[:, :split], pixel_values=batch["pixel_values"], use_cache=True)
+        tail = model(
+            input_ids=ids[:, split:], attention_mask=torch.ones_like(ids),
+            past_key_values=again.past_key_values,
+        )
+    assert (tail.logits[0, -1] - full).abs().max() < TOL
 
 
 class _ReadOnlyPrefix(DynamicLayer):

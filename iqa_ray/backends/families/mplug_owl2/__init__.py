@@ -20,9 +20,13 @@ Deliberate differences from the reference code:
 * Images are passed pre-expanded: the processor writes ``num_image_tokens`` (65) sentinels
   (-200) per image, and the model fills them in order, where the reference splices one -200
   into 65 positions inside the forward. ``inputs_embeds`` + ``image_mask`` is a second entry
-  (features already spliced), used for prefix sharing.
+  (features already spliced), used for prefix sharing; there ``image_mask`` is required, since
+  without it image positions would silently take the text weights.
+* ``get_image_features`` returns a plain (n, 65, hidden) tensor (no ``ModelOutput``).
+* ``from_pretrained`` without ``dtype`` follows transformers 5 ("auto": the checkpoint's dtype,
+  float16 for the fixture); pass ``dtype=`` explicitly. No ``generate`` (no GenerationMixin).
 * A KV cache (transformers ``Cache``, ``cache.update(k, v, layer_idx)``) is supported, with
-  explicit ``position_ids``; the reference's cache path was not reproduced.
+  explicit or mask-derived ``position_ids``; the reference's own cache path was not compared.
 * Rotary frequencies are recomputed on every forward (never a buffer), so the transformers 5
   loader cannot leave them uninitialised; the abstractor's sin-cos tables are loaded from the
   checkpoint (persistent buffers), and only computed for a freshly initialised model.
@@ -31,7 +35,7 @@ Deliberate differences from the reference code:
 * Prompts are tokenized with ``sentencepiece`` directly: transformers 5's ``LlamaTokenizer``
   gives different ids for chunks that start with a space (Compare2Score, the template prompt).
   Prompt text containing ``<s>``, ``</s>`` or ``<unk>`` is refused.
-* The returned logits are always float32; the reference casts pixels to fp16 on GPU.
+* Logits come back in float32 whatever the model's dtype (the LM head runs in that dtype).
 
 Not verified: the real 7B weights (none reachable here), fp16 / bf16 numerics against the
 reference's GPU pipeline, and whether the real hub repos' tokenizer files differ from the
@@ -47,10 +51,10 @@ _EXPORTS = {
     "MplugOwl2Config": "configuration",
     "MplugOwl2Model": "modeling",
     "MplugOwl2ForCausalLM": "modeling",
-    "IMAGE_TOKEN_INDEX": "modeling",
+    "IMAGE_TOKEN_INDEX": "configuration",
     "register_mplug_owl2": "modeling",
     "MplugOwl2Processor": "processing",
-    "IMAGE_TOKEN": "processing",
+    "IMAGE_TOKEN": "configuration",
     "ImageSettings": "processing",
     "expand_to_square": "processing",
     "preprocess_images": "processing",

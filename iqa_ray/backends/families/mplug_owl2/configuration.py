@@ -8,6 +8,9 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+IMAGE_TOKEN = "<|image|>"  # the image placeholder in prompt text
+IMAGE_TOKEN_INDEX = -200  # sentinel id of one image position in ``input_ids``
+
 # Published architecture (CLIP ViT-L/14 at 448 px, 64-query abstractor): used for any field a
 # checkpoint's ``visual_config`` leaves out.
 VISION_DEFAULTS: dict[str, Any] = {

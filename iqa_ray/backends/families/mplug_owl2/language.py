@@ -109,27 +109,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def attention_mask_4d(
     attention_mask: torch.Tensor | None, batch: int, query_len: int, past_len: int, device: Any
 ) -> torch.Tensor | None:
-    """Bool (B, 1, T, past + T) mask, True = may attend; ``None`` for plain causal, no padding.
+    """Bool (B, 1, T, past + T) mask, True = may attend; ``None`` for plain causal, no padding
+    (SDPA then runs ``is_causal``, which lets CUDA pick its fastest kernels).
 
     Query i sits at cache slot ``past_len + i`` and sees slots up to its own that the 2-D mask
     marks real. It always sees itself, so a padding query (fully masked otherwise) stays
     finite; no real query ever sees a padding key.
     """
     total = past_len + query_len
-    if attention_mask is None and past_len == 0:
-        return None
-    if attention_mask is None:
-        attention_mask = torch.ones(batch, total, dtype=torch.bool, device=device)
-    if attention_mask.shape != (batch, total):
+    if attention_mask is not None and tuple(attention_mask.shape) != (batch, total):
         raise ValueError(
             f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, "
             f"{total}) = (batch, cached + new tokens)"
         )
+    if past_len == 0 and (attention_mask is None or bool(attention_mask.all())):
+        return None
     slots = torch.arange(total, device=device)
     query_slots = slots[past_len:, None]
-    causal = slots[None, :] <= query_slots
-    mask = causal[None] & attention_mask.bool()[:, None, :]
-    return (mask | (slots[None, :] == query_slots)[None])[:, None]
+    allowed = (slots[None, :] <= query_slots)[None]
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.to(device=device, dtype=torch.bool)[:, None, :]
+    return (allowed | (slots[None, :] == query_slots)[None])[:, None]
 
 
 class MultiwayAttention(nn.Module):

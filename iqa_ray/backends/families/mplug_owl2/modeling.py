@@ -12,7 +12,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from iqa_ray.backends.families.mplug_owl2.configuration import MplugOwl2Config
+from iqa_ray.backends.families.mplug_owl2.configuration import IMAGE_TOKEN_INDEX, MplugOwl2Config
 from iqa_ray.backends.families.mplug_owl2.language import (
     DecoderLayer,
     MplugOwl2RMSNorm,
@@ -27,14 +27,12 @@ from iqa_ray.backends.families.mplug_owl2.vision import (
     VisualAbstractor,
 )
 
-IMAGE_TOKEN_INDEX = -200  # sentinel id of one image position in ``input_ids``
 
-# transformers 5.x renamed the output field ``past_key_values`` to ``cache`` in some release.
-_CACHE_FIELD = (
-    "cache"
-    if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)}
-    else "past_key_values"
-)
+def _with_cache(output_class: type, cache: Any, **fields: Any) -> Any:
+    """Build a transformers output whose cache field is ``cache`` (5.x renamed the field
+    ``past_key_values`` to ``cache`` in some release)."""
+    names = {f.name for f in dataclasses.fields(output_class)}
+    return output_class(**fields, **{"cache" if "cache" in names else "past_key_values": cache})
 
 
 def default_position_ids(
@@ -151,16 +149,27 @@ class MplugOwl2Model(MplugOwl2PreTrainedModel):
         use_cache: bool = False,
     ) -> BaseModelOutputWithPast:
         """Final-normed hidden states; see ``MplugOwl2ForCausalLM.forward`` for the inputs."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        if inputs_embeds is None:
-            if image_mask is not None:
-                raise ValueError(
-                    "image_mask goes with inputs_embeds (input_ids mark images by -200)"
-                )
-            inputs_embeds, image_mask = self.embed(input_ids, pixel_values)
-        elif pixel_values is not None:
-            raise ValueError("with inputs_embeds, splice the image features yourself")
+        hidden, cache = self.decode(
+            input_ids, pixel_values, attention_mask, position_ids, inputs_embeds, image_mask,
+            past_key_values, use_cache,
+        )
+        return _with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden)
+
+    def decode(
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
+        past_key_values: Any | None,
+        use_cache: bool,
+    ) -> tuple[torch.Tensor, Any]:
+        """The (B, T, hidden) final-normed hidden states and the cache (``None`` without one)."""
+        inputs_embeds, image_mask = self._resolve_inputs(
+            input_ids, pixel_values, inputs_embeds, image_mask
+        )
         batch, length = inputs_embeds.shape[:2]
         device = inputs_embeds.device
         cache = past_key_values
@@ -175,9 +184,28 @@ class MplugOwl2Model(MplugOwl2PreTrainedModel):
         hidden = inputs_embeds
         for layer in self.layers:
             hidden = layer(hidden, route, rotary, mask, cache)
-        return BaseModelOutputWithPast(
-            last_hidden_state=self.norm(hidden), **{_CACHE_FIELD: cache}
-        )
+        return self.norm(hidden), cache
+
+    def _resolve_inputs(
+        self,
+        input_ids: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        image_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The embeddings and image mask of either entry, refusing ambiguous combinations."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            if image_mask is not None:
+                raise ValueError("image_mask goes with inputs_embeds (input_ids mark images: -200)")
+            return self.embed(input_ids, pixel_values)
+        if pixel_values is not None:
+            raise ValueError("with inputs_embeds, splice the image features yourself")
+        if image_mask is None:
+            # Silently routing image positions through the text weights would give wrong logits.
+            raise ValueError("inputs_embeds needs image_mask (all False for text-only positions)")
+        return inputs_embeds, image_mask
 
 
 class MplugOwl2ForCausalLM(MplugOwl2PreTrainedModel):
@@ -228,7 +256,8 @@ class MplugOwl2ForCausalLM(MplugOwl2PreTrainedModel):
             attention_mask: (B, past + T), 1 for real tokens (left padding supported).
             position_ids: (B, T); default: counted from ``attention_mask`` (or past .. past+T-1).
             inputs_embeds: (B, T, hidden) instead of ``input_ids`` (images already spliced).
-            image_mask: (B, T) bool, image positions of ``inputs_embeds`` (multiway index 1).
+            image_mask: (B, T) bool, image positions of ``inputs_embeds`` (multiway index 1);
+                required with ``inputs_embeds`` (all False when there is no image).
             past_key_values: a transformers ``Cache``; every layer calls
                 ``cache.update(k, v, layer_idx)`` and attends to what it returns.
             use_cache: create a ``DynamicCache`` when none is passed, and return it.
@@ -240,23 +269,16 @@ class MplugOwl2ForCausalLM(MplugOwl2PreTrainedModel):
             ``CausalLMOutputWithPast`` with float32 ``logits`` (B, kept, vocab) and the cache.
         """
         del return_dict
-        out = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            image_mask=image_mask,
-            past_key_values=past_key_values if past_key_values is not None else cache,
-            use_cache=use_cache,
+        hidden, cache = self.model.decode(
+            input_ids, pixel_values, attention_mask, position_ids, inputs_embeds, image_mask,
+            past_key_values if past_key_values is not None else cache, use_cache,
         )
-        hidden = out.last_hidden_state
         if isinstance(logits_to_keep, int):
             hidden = hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
         else:
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden).float()
-        return CausalLMOutputWithPast(logits=logits, **{_CACHE_FIELD: getattr(out, _CACHE_FIELD)})
+        return _with_cache(CausalLMOutputWithPast, cache, logits=logits)
 
 
 def register_mplug_owl2() -> None:

@@ -13,10 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from iqa_ray.backends.families.mplug_owl2.configuration import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from iqa_ray.backends.families.mplug_owl2.tokenization import LlamaSentencePieceTokenizer
-
-IMAGE_TOKEN = "<|image|>"
-IMAGE_TOKEN_INDEX = -200
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
