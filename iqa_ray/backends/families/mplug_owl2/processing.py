@@ -80,11 +80,10 @@ class ImageSettings:
         for key in ("image_mean", "image_std"):
             if key in raw:
                 values[key] = tuple(float(x) for x in raw[key])
-        for key in ("resample", "rescale_factor", "do_resize", "do_center_crop", "do_rescale"):
+        flags = ("do_resize", "do_center_crop", "do_rescale", "do_normalize")
+        for key in ("resample", "rescale_factor", *flags):
             if key in raw:
                 values[key] = raw[key]
-        if "do_normalize" in raw:
-            values["do_normalize"] = raw["do_normalize"]
         return cls(**values)
 
     @property
