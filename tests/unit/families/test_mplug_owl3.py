@@ -128,6 +128,19 @@ def test_loads_every_key_with_the_reference_names(loaded, exp) -> None:
     assert hyper == model.config.hyper_layers
 
 
+def test_auto_classes_load_the_reference_folder_natively(exp) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from iqa_ray.backends.families.mplug_owl3.modeling import register_auto_classes
+
+    register_auto_classes()
+    model, info = AutoModelForCausalLM.from_pretrained(
+        fixture_dir(), dtype=torch.float32, output_loading_info=True
+    )
+    assert isinstance(model, MplugOwl3ForCausalLM)
+    assert info["missing_keys"] == set() and info["unexpected_keys"] == set()
+
+
 def test_weights_equal_the_stored_bf16_upcast(model) -> None:
     from safetensors import safe_open
 
@@ -251,6 +264,17 @@ def test_hidden_states_of_one_case(exp, model, processor) -> None:
     np.testing.assert_allclose(
         captured["final"][0, -1, :8].numpy(), case["final_hidden_last_first8"], atol=tol
     )
+
+
+def test_next_token_logits_helper(exp, model, processor) -> None:
+    case = exp["cases"][1]
+    words = [processor.word_id(w) for w in ("Good", "Poor")]
+    assert words == case["logit_ids"]
+    inputs = processor(case["messages_as_passed"], case_images(case))
+    got = model.next_token_logits(words, **inputs)
+    assert got.shape == (1, 2) and got.dtype == torch.float32
+    tol = exp["tolerances"]["logits_abs"]
+    np.testing.assert_allclose(got[0].numpy(), case["logits_at_ids"], atol=tol, rtol=0)
 
 
 def test_full_logits_of_the_saved_case(exp, case_logits) -> None:

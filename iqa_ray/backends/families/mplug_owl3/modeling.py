@@ -67,6 +67,18 @@ class MplugOwl3ForCausalLM(MplugOwl3PreTrainedModel):
         features = self.vision_model(pixel_values)
         return self.vision2text_model(features)
 
+    @torch.inference_mode()
+    def next_token_logits(self, token_ids: Sequence[int], **inputs: torch.Tensor) -> torch.Tensor:
+        """Float32 (B, len(token_ids)) logits of the given token ids at each row's next position.
+
+        Args:
+            token_ids: ids to read (e.g. ``[processor.word_id("Yes"), processor.word_id("No")]``).
+            **inputs: the keyword arguments of ``forward`` (e.g. ``processor(prompts, images)``
+                moved to the model's device).
+        """
+        logits = self(**inputs, logits_to_keep=1).logits[:, -1]
+        return logits[:, torch.as_tensor(list(token_ids), device=logits.device)]
+
     def forward(
         self,
         input_ids: torch.Tensor,
