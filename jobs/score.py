@@ -26,7 +26,9 @@ from iqa_ray.scoring.config import RunConfig
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML run configuration")
+    parser.add_argument("--config", help="YAML run configuration")
+    parser.add_argument("--list-models", action="store_true",
+                        help="print the model catalogue (model.preset names) and exit")
     parser.add_argument("--run-id", help="run folder name (same id = resume)")
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument("--retry-errors", action="store_true", help="recompute retryable errors")
@@ -38,6 +40,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    if args.list_models:
+        from iqa_ray.backends.catalogue import catalogue_table
+
+        print(catalogue_table())
+        return 0
+    if not args.config:
+        print("error: --config is required (or --list-models)", file=sys.stderr)
+        return 2
     overrides = list(args.set)
     if args.run_id:
         overrides.append(f"run_id={json.dumps(args.run_id)}")

@@ -16,6 +16,11 @@ Backend = Literal["transformers", "fake", "vllm"]
 class ModelConfig(StrictModel):
     """The vision-language model every scoring method shares (loaded once per GPU actor)."""
 
+    preset: str | None = Field(
+        None,
+        description="A catalogue entry (`python jobs/score.py --list-models`) filling `id` and "
+        "`revision`; fields set explicitly win.",
+    )
     id: str = Field(DEFAULT_MODEL_ID, description="Hub id, local directory, or bucket prefix.")
     revision: str | None = Field(None, description="Hub revision (commit sha recommended).")
     backend: Backend = Field(
@@ -60,6 +65,16 @@ class ModelConfig(StrictModel):
     )
 
     _check_options = field_validator("storage_options")(check_storage_options)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("preset") is None:
+            return data
+        from iqa_ray.backends.catalogue import get_preset
+
+        preset = get_preset(str(data["preset"]))
+        return {"id": preset.id, "revision": preset.revision, **data}
 
     @model_validator(mode="after")
     def _backend_options(self) -> ModelConfig:

@@ -72,6 +72,7 @@ class FakeBackend:
         self._crash_marker = crash_marker
         self._crash_on_batch = crash_on_batch
         self._calls = 0
+        self.family = "fake"
 
     @classmethod
     def from_options(cls, options: dict[str, object]) -> FakeBackend:
@@ -123,7 +124,8 @@ class FakeBackend:
         level = float(np.mean(stats)) if stats else 0.5
         out = np.empty(len(prompt.words), dtype=np.float64)
         for j, word in enumerate(prompt.words):
-            digest = hashlib.sha256(f"{prompt.question}|{word}".encode()).digest()
+            text = prompt.question if prompt.layout is None else prompt.layout
+            digest = hashlib.sha256(f"{text}|{word}".encode()).digest()
             base = int.from_bytes(digest[:4], "big") / 2**32 - 0.5
             out[j] = 4.0 * np.tanh(base + (len(prompt.words) - 2 * j) * (level - 0.5))
         return out

@@ -93,12 +93,14 @@ class VllmBackend:
         from transformers import AutoProcessor
 
         from iqa_ray.backends.sources import resolve_model_source
+        from iqa_ray.backends.transformers.runtime import model_type
         from iqa_ray.backends.transformers.text import PromptText
 
         source = resolve_model_source(cfg)
         kwargs: dict[str, Any] = {"revision": cfg.revision} if cfg.revision else {}
         # Rendering and word resolution are the transformers backend's, without its model.
         self._text = PromptText(AutoProcessor.from_pretrained(source, **kwargs), cfg, source)
+        self.family = model_type(source, cfg.revision)
         self.stats = ForwardStats()
         dtype = {
             "auto": "auto",

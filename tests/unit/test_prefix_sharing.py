@@ -29,7 +29,7 @@ from iqa_ray.backends.transformers.prefix import (
     token_keys,
     tokens_saved,
 )
-from iqa_ray.backends.transformers.shared import sharing_support
+from iqa_ray.backends.transformers.runtime import sharing_support
 from iqa_ray.errors import RowError
 from iqa_ray.methods import ImageBatch, MethodContext, get_method
 from iqa_ray.methods.compare2score.maths import map_estimate, soft_comparison

@@ -1,14 +1,9 @@
 """Native model families: re-implementations, on transformers 5 building blocks, of published
-checkpoints whose remote code no longer runs (mPLUG-Owl2 for Q-Align, Compare2Score and
-DeQA-Score; mPLUG-Owl3 for Q-Debias). Never executes remote code; ``auto_map`` is ignored.
+checkpoints whose remote code no longer runs (``mplug_owl2``: Q-Align, Compare2Score and
+DeQA-Score; ``mplug_owl3``: Q-Debias). Never executes remote code; ``auto_map`` is ignored.
 
-Light on purpose: only a ``model_type`` -> module-path table; a family module is imported
-lazily by whoever needs it (it pulls in torch and transformers).
+Each family package holds its config, model and processor, and a ``runtime`` module that the
+transformers backend loads by name for the checkpoint's ``model_type`` (the table is
+``iqa_ray.backends.transformers.runtime.NATIVE_FAMILIES``). Importing this package pulls in
+neither torch nor transformers.
 """
-
-from __future__ import annotations
-
-FAMILIES: dict[str, str] = {
-    "mplug_owl2": "iqa_ray.backends.families.mplug_owl2",
-    "mplugowl3": "iqa_ray.backends.families.mplug_owl3",
-}

@@ -19,7 +19,7 @@ import numpy as np
 from iqa_ray.backends.config import ModelConfig
 from iqa_ray.backends.prompt import Prompt
 from iqa_ray.backends.transformers.runtime import LoadedModel
-from iqa_ray.backends.transformers.shared import SharedPrefixRunner, sharing_support
+from iqa_ray.backends.transformers.shared import SharedPrefixRunner
 from iqa_ray.backends.transformers.unshared import UnsharedRunner
 from iqa_ray.errors import ConfigError, RowError
 
@@ -61,7 +61,7 @@ class TransformersBackend:
         """Pick the shared or unshared path for a loaded model; check the token budget."""
         self.rt = rt
         self._unshared = UnsharedRunner(rt)
-        reason = sharing_support(rt.model, rt.processor)
+        reason = rt.sharing_support()
         self._shared = SharedPrefixRunner(rt, self._unshared.run) if reason is None else None
         # Read at every call: the benchmarks flip it to time both paths on one loaded model.
         self.prefix_sharing = bool(rt.cfg.prefix_sharing) and self._shared is not None
@@ -76,6 +76,7 @@ class TransformersBackend:
 
     # The loaded model's state, read and set through the backend (tests and benchmarks change
     # the batch limits or the device of a loaded backend).
+    family = _OnRuntime()
     model = _OnRuntime()
     processor = _OnRuntime()
     tokenizer = _OnRuntime()

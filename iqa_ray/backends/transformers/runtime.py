@@ -1,10 +1,19 @@
 """A loaded model and processor with what every execution path shares: the device, the batch
-limits, the work counters, prompt text, token estimates and freeing device memory."""
+limits, the work counters, prompt text, model inputs, token estimates and freeing memory.
+
+``LoadedModel`` is the generic family (``AutoModelForImageTextToText`` + ``AutoProcessor`` with
+a chat template). A checkpoint whose ``model_type`` is in :data:`NATIVE_FAMILIES` is loaded by
+that family's ``runtime.load(cfg, source, device, dtype)``, which returns a subclass overriding
+the hooks below (rendering, word ids, model inputs, logits, prefix sharing). The family modules
+are imported by name, on demand: they import this module, never the other way round.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import numpy as np
 import torch
 
 from iqa_ray.backends.batching import ForwardStats
@@ -14,6 +23,30 @@ from iqa_ray.backends.sources import resolve_model_source
 from iqa_ray.backends.transformers.text import PromptText
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# model_type -> package of a native family (iqa_ray.backends.families), loaded by its runtime.
+NATIVE_FAMILIES: dict[str, str] = {
+    "mplug_owl2": "iqa_ray.backends.families.mplug_owl2",
+    "mplugowl3": "iqa_ray.backends.families.mplug_owl3",
+}
+# Model types whose shared-prefix path a test checks against the unshared one (``shared``).
+SHARING_VERIFIED = frozenset({"llava"})
+
+
+def sharing_support(model: Any, processor: Any) -> str | None:
+    """None when the shared path is exact for this model and processor, else why it is not."""
+    model_type = getattr(model.config, "model_type", "?")
+    if model_type not in SHARING_VERIFIED:
+        verified = sorted(SHARING_VERIFIED)
+        return f"model type {model_type!r} is not verified for it (verified: {verified})"
+    text = model.config.get_text_config()
+    layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
+    if layer_types != {"full_attention"} or getattr(text, "use_sliding_window", False):
+        return f"its text model has {sorted(layer_types)} layers (only full attention is handled)"
+    if getattr(processor, "image_token_id", None) is None or not hasattr(
+        processor, "replace_image_token"
+    ):
+        return f"processor {type(processor).__name__} exposes no image placeholder expansion"
+    return None
 
 
 class LoadedModel(PromptText):
@@ -41,18 +74,52 @@ class LoadedModel(PromptText):
 
     @classmethod
     def load(cls, cfg: ModelConfig) -> LoadedModel:
-        """Load ``cfg``'s model and processor with ``from_pretrained`` (hub id, folder, bucket)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
+        """Load ``cfg``'s model and processor with ``from_pretrained`` (hub id, folder, bucket):
+        through its native family when the checkpoint's ``model_type`` has one."""
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if device == "cuda" else torch.float32)
         source = resolve_model_source(cfg)
+        family = NATIVE_FAMILIES.get(model_type(source, cfg.revision))
+        if family is not None:
+            runtime = importlib.import_module(f"{family}.runtime")
+            return runtime.load(cfg, source, device, dtype)
+        return cls.load_generic(cfg, source, device, dtype)
+
+    @classmethod
+    def load_generic(
+        cls, cfg: ModelConfig, source: str, device: str, dtype: torch.dtype
+    ) -> LoadedModel:
+        """``AutoProcessor`` + ``AutoModelForImageTextToText``."""
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
         kwargs: dict[str, Any] = {"revision": cfg.revision} if cfg.revision else {}
         processor = AutoProcessor.from_pretrained(source, **kwargs)
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, **kwargs)
         return cls(model.to(device), processor, cfg, source)
+
+    @property
+    def family(self) -> str:
+        """The model family prompts are rendered for: the checkpoint's ``model_type``."""
+        return str(getattr(self.model.config, "model_type", "unknown"))
+
+    def sharing_support(self) -> str | None:
+        """None when the shared-prefix path is exact for this model, else why it is not."""
+        return sharing_support(self.model, self.processor)
+
+    def model_inputs(self, texts: list[str], images: list[list[np.ndarray]]) -> dict[str, Any]:
+        """Left-padded model inputs of rendered texts and their images, on the device."""
+        enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        enc = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in enc.items()}
+        if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
+            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+        return enc
+
+    def last_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
+        """(rows, vocab) float32 logits at the last position (call under inference mode)."""
+        out = self.model(**inputs, logits_to_keep=1, use_cache=False)
+        return out.logits[:, -1, :].float()
 
     def free_memory(self) -> None:
         """Return cached allocator blocks to the device (after an out-of-memory error)."""
@@ -96,3 +163,12 @@ class LoadedModel(PromptText):
         if self.processor.vision_feature_select_strategy == "default":
             n -= 1
         return [n] * n_images
+
+
+def model_type(source: str, revision: str | None = None) -> str:
+    """The ``model_type`` in a checkpoint's ``config.json`` (read as data: no class needed)."""
+    from transformers import PretrainedConfig
+
+    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
+    data, _ = PretrainedConfig.get_config_dict(source, **kwargs)
+    return str(data.get("model_type", ""))

@@ -21,7 +21,7 @@ of every transformers 5.x model (the newer ``mm_encoder_outputs`` argument does 
 5.17 and is then silently ignored, which would score the placeholder tokens instead of the
 images).
 
-Only model types verified by a test (``SUPPORTED_MODEL_TYPES``) take this path: models with
+Only model types verified by a test (``runtime.SHARING_VERIFIED``) take this path: models with
 multimodal rotary positions (Qwen2-VL's mrope), bidirectional attention over image tokens
 (Gemma 3, PaliGemma), sliding-window or recurrent layers would need their own position or
 cache handling, so they fall back to the unshared path with one INFO log line.
@@ -54,26 +54,6 @@ from iqa_ray.errors import RowError
 Results = list[np.ndarray | RowError]
 
 logger = logging.getLogger(__name__)
-SUPPORTED_MODEL_TYPES = frozenset({"llava"})
-
-
-def sharing_support(model: Any, processor: Any) -> str | None:
-    """None when the shared path is exact for this model and processor, else why it is not."""
-    model_type = getattr(model.config, "model_type", "?")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        verified = sorted(SUPPORTED_MODEL_TYPES)
-        return f"model type {model_type!r} is not verified for it (verified: {verified})"
-    text = model.config.get_text_config()
-    layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
-    if layer_types != {"full_attention"} or getattr(text, "use_sliding_window", False):
-        return f"its text model has {sorted(layer_types)} layers (only full attention is handled)"
-    if getattr(processor, "image_token_id", None) is None or not hasattr(
-        processor, "replace_image_token"
-    ):
-        return f"processor {type(processor).__name__} exposes no image placeholder expansion"
-    return None
-
-
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max()
     return shifted - np.log(np.exp(shifted).sum())

@@ -29,8 +29,10 @@ class PromptText:
 
     def render(self, prompt: Prompt) -> str:
         """Chat-template text of a prompt, ending with the pre-filled answer prefix."""
-        content: list[dict[str, str]] = [{"type": "image"} for _ in prompt.images]
-        content.append({"type": "text", "text": prompt.question})
+        content: list[dict[str, str]] = [
+            {"type": "text", "text": part} if isinstance(part, str) else {"type": "image"}
+            for part in prompt.user_parts()
+        ]
         messages = [{"role": "user", "content": content}]
         text = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False

@@ -66,16 +66,12 @@ class UnsharedRunner:
     def _forward(self, prompts: Sequence[Prompt], texts: Sequence[str]) -> list[np.ndarray]:
         rt = self.rt
         images = [list(p.images) for p in prompts]
-        enc = rt.processor(text=list(texts), images=images, padding=True, return_tensors="pt")
-        enc = {k: (v.to(rt.device) if hasattr(v, "to") else v) for k, v in enc.items()}
-        if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
-            enc["pixel_values"] = enc["pixel_values"].to(rt.model.dtype)
+        enc = rt.model_inputs(list(texts), images)
         with torch.inference_mode():
-            out = rt.model(**enc, logits_to_keep=1, use_cache=False)
+            last = rt.last_logits(enc)
         mask = enc["attention_mask"]
         rt.stats.add(forward_calls=1, tokens=int(mask.sum()), padded_tokens=mask.numel(),
                      images_encoded=sum(len(i) for i in images))
-        last = out.logits[:, -1, :].float()
         rows = []
         for r, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
             ids = torch.tensor([rt.word_id(text, w) for w in prompt.words], device=last.device)
