@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.2.0"
+from iqa_ray._version import __version__
 
 if TYPE_CHECKING:
+    from iqa_ray.api.score import score
     from iqa_ray.scoring.config import RunConfig
     from iqa_ray.scoring.pipeline import run
 
-__all__ = ["RunConfig", "__version__", "list_distortions", "list_methods", "run"]
+__all__ = ["RunConfig", "__version__", "list_distortions", "list_methods", "run", "score"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from iqa_ray.scoring.config import RunConfig
 
         return RunConfig
+    if name == "score":
+        from iqa_ray.api.score import score
+
+        return score
     if name == "run":
         from iqa_ray.scoring.pipeline import run
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -69,7 +70,9 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int) -> np.ndarray:
         except Image.DecompressionBombError as exc:
             raise RowError(ErrorCode.TOO_LARGE, str(exc)) from exc
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise RowError(_failure_code(exc, data), f"not a readable image: {exc}") from exc
+            # PIL names the in-memory buffer with its address: cut it, messages are data.
+            text = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))
+            raise RowError(_failure_code(exc, data), f"not a readable image: {text}") from exc
         width, height = img.size
         if width * height > max_pixels:
             raise RowError(

@@ -41,6 +41,7 @@ class Col:
     URI = "uri"
     METHOD = "method"
     SCORE = "score"
+    STATUS = "status"  # "ok" (scored) or "error" (see error_code); the summary counts the same
     ERROR_CODE = "error_code"
     ERROR_MESSAGE = "error_message"
     ATTEMPT = "attempt"  # 0 for the first try of a row, +1 per --retry-errors run
@@ -48,6 +49,18 @@ class Col:
     IMAGE = "image"  # decoded RGB uint8 HxWx3 query image
     WIDTH = "width"  # original size, before any resizing for the model
     HEIGHT = "height"
+
+
+class Status(enum.StrEnum):
+    """Values of the ``status`` column: a row either has a score or an error code."""
+
+    OK = "ok"
+    ERROR = "error"
+
+
+def row_status(error_code: str | None) -> Status:
+    """A row's status from its error code: the one rule the score table and run.json share."""
+    return Status.ERROR if error_code else Status.OK
 
 
 def variant_column(variant: str) -> str:

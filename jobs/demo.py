@@ -7,6 +7,7 @@ random-weight model built on the spot, whose scores mean nothing (plumbing only)
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +45,12 @@ def main() -> int:
     path = work / "demo.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"config: {path}\nimages: {work / 'images'}\noutput: {work / 'scores'}", file=sys.stderr)
-    score = Path(__file__).parent / "score.py"
-    command = [sys.executable, str(score), "--config", str(path)]
-    return subprocess.run(command, check=False).returncode
+    # The CLI runs the job's driver (preflight, Ray, run, report) and prints a readable summary.
+    command = [sys.executable, "-m", "iqa_ray.cli", "score", "--config", str(path)]
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.run(command, check=False, env=env).returncode
 
 
 if __name__ == "__main__":

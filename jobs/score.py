@@ -3,24 +3,22 @@
 Runs on an embedded local Ray, or on a cluster via
 `ray job submit --working-dir . -- python jobs/score.py --config ...`.
 
-Exit status: 0 every image has its rows; 2 configuration error (nothing written); 3 some rows
-failed for an infrastructure reason (`fetch_failed`, `model_error`: rerun with `--retry-errors`;
-set `fail_on_infra_errors: false` to exit 0 instead); 1 the run itself failed (a rerun with the
-same run id resumes). Counts by status, method and error code are in `<run>/run.json`.
+Exit status: 0 every image has its rows; 2 configuration error or failed preflight (nothing
+written); 3 some rows failed for an infrastructure reason (`fetch_failed`, `model_error`: rerun
+with `--retry-errors`; set `fail_on_infra_errors: false` to exit 0 instead); 1 the run itself
+failed (run.json says `failed` with the reason; a rerun with the same run id resumes). Counts by
+status, method and error code are in `<run>/run.json`; the report is `<run>/report.html`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
 from iqa_ray.errors import ConfigError
-from iqa_ray.logs import setup_logging
 from iqa_ray.scoring.config import RunConfig
 
 
@@ -35,6 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="a.b=value",
                         help="override a config field (repeatable)")
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--no-report", action="store_true", help="skip the run's report.html")
     return parser.parse_args()
 
 
@@ -48,37 +47,16 @@ def main() -> int:
     if not args.config:
         print("error: --config is required (or --list-models)", file=sys.stderr)
         return 2
-    overrides = list(args.set)
-    if args.run_id:
-        overrides.append(f"run_id={json.dumps(args.run_id)}")
-    if args.limit:
-        overrides.append(f"input.limit={args.limit}")
-    if args.retry_errors:
-        overrides.append("retry_errors=true")
+    from iqa_ray.api.driver import job_overrides, run_job
+
+    overrides = job_overrides(args.set, args.run_id, args.limit, args.retry_errors)
     try:
         cfg = RunConfig.from_yaml(args.config, overrides)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.resolved_run_id())
-    import ray
-
-    from iqa_ray.scoring.pipeline import run
-
-    # Never a bare ray.init(): on a shared machine it would attach to someone else's cluster.
-    address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, include_dashboard=False if address == "local" else None)
-    try:
-        result = run(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({"run_id": result.run_id, "uri": result.uri, **result.summary}, indent=2))
-    if cfg.fail_on_infra_errors and result.infra_failures:
-        print(f"{result.infra_failures} rows failed for infrastructure reasons: rerun with "
-              "--retry-errors", file=sys.stderr)
-        return 3
-    return 0
+    # Preflight (seconds, before Ray starts), Ray, the run, the HTML report, the exit status.
+    return run_job(cfg, args.address, report=not args.no_report).code
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ def write_score_run(
 
     defaults = {"error_code": None, "error_message": None, "attempt": 0, "width": 8, "height": 8}
     full = [{**defaults, "image_id": image_id(r["uri"]), **r} for r in rows]
+    for row in full:
+        row.setdefault("status", "error" if row["error_code"] else "ok")
     table = pa.Table.from_pandas(pd.DataFrame(full), schema=long_schema([]), preserve_index=False)
     run_uri = iqa_io.join(output_uri, "runs", run_id)
     iqa_io.write_parquet_atomic(iqa_io.join(run_uri, "scores", f"{part}.parquet"), table, options)

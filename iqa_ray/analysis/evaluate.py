@@ -1,5 +1,5 @@
 """How good are the scores: metrics per method and group against human labels, and the report
-(``report.md``, ``metrics.parquet``, PNG plots, ``summary.json``) in
+(``report.md``, ``report.html``, ``metrics.parquet``, PNG plots, ``summary.json``) in
 ``<output>/evaluations/<name>/``.
 
 The maths lives in :mod:`iqa_ray.analysis.metrics` (raw-score SRCC/PLCC/KRCC/RMSE first; the
@@ -19,7 +19,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from iqa_ray import io
-from iqa_ray.analysis import metrics
+from iqa_ray.analysis import metrics, report_post
 from iqa_ray.analysis.labels import KEY, LABEL_KEY, MATCH, MOS, match_labels, read_labels
 from iqa_ray.analysis.scores import (
     ALL_GROUP,
@@ -251,6 +251,10 @@ def run_evaluation(job: EvaluateJobConfig) -> EvaluationOutcome:
     io.write_bytes_atomic(
         io.join(uri, "report.md"), render_report(job, table, info, images).encode(), opts
     )
+    html = report_post.evaluation_page(job.name, info, table,
+                                       {m: valid_scores(frame, m) for m in methods}, frame[MOS],
+                                       job.scores.runs, job.labels.uri)
+    images.append(report_post.write_page_name(uri, html, opts))
     records = table.astype(object).where(table.notna(), None).to_dict("records")  # NaN -> null
     summary = {"name": job.name, "runs": job.scores.runs, "labels": job.labels.uri, "match": info,
                "methods": methods, "files": ["metrics.parquet", "report.md", *images],

@@ -20,6 +20,7 @@ from iqa_ray.analysis.filter import (
     copy_kept,
     group_counts,
 )
+from iqa_ray.analysis.report_post import write_filter_report
 from iqa_ray.analysis.scores import ScoresConfig, common_root, load_scores
 from iqa_ray.schema import Col
 from iqa_ray.settings import StrictModel, check_storage_options
@@ -80,6 +81,7 @@ def run_filter(job: FilterJobConfig, dry_run: bool = False) -> FilterOutcome:
             result.keep, job.copy_to, root, opts, job.copy_storage_options, job.copy_workers
         )
         summary["copy"] = {"to": job.copy_to, "root": root, **report.__dict__}
+    write_filter_report(uri, summary, result.keep, result.reject, per_group, opts)
     io.write_json_atomic(io.join(uri, "summary.json"), summary, opts)  # written last
     logger.info("filter %s: kept %d of %d -> %s", job.name, len(result.keep), len(wide), uri)
     return FilterOutcome(uri, result, per_group, summary)

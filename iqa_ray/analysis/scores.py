@@ -29,7 +29,7 @@ FOLDER = "folder"  # derived group column: the uri's parent relative to the root
 SEP = "__"  # <method>__<column> in the wide frame
 ALL_GROUP = "(all)"  # the group value of whole-table rows (no group column, or overall)
 _BASE = (Col.IMAGE_ID, Col.URI, Col.WIDTH, Col.HEIGHT)
-_LONG_ONLY = (Col.METHOD, Col.SCORE, Col.ATTEMPT)
+_LONG_ONLY = (Col.METHOD, Col.SCORE, Col.STATUS, Col.ATTEMPT)
 _READ_THREADS = 16
 ModelT = TypeVar("ModelT", bound=StrictModel)
 

@@ -1,8 +1,9 @@
 """Output tables: the per-image wide rows between stages and the long score table in the bucket.
 
-The score table has one row per (image_id, method): ``score`` (null on failure), the error
-columns, ``attempt``, the original size, and each method's extra columns (null for the rows of
-other methods). Its schema is fixed by the run's methods, so every file of a run agrees.
+The score table has one row per (image_id, method): ``score`` (null on failure), ``status``
+(``ok`` or ``error``, :func:`iqa_ray.schema.row_status`), the error columns, ``attempt``, the
+original size, and each method's extra columns (null for the rows of other methods). Its
+schema is fixed by the run's methods, so every file of a run agrees.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from iqa_ray.schema import Batch, Col
+from iqa_ray.schema import Batch, Col, row_status
 
 if TYPE_CHECKING:
     from iqa_ray.methods import MethodResult, ScoringMethod
@@ -25,6 +26,7 @@ _BASE_FIELDS = [
     pa.field(Col.URI, pa.string()),
     pa.field(Col.METHOD, pa.string()),
     pa.field(Col.SCORE, pa.float64()),
+    pa.field(Col.STATUS, pa.string()),
     pa.field(Col.ERROR_CODE, pa.string()),
     pa.field(Col.ERROR_MESSAGE, pa.string()),
     pa.field(Col.ATTEMPT, pa.int32()),
@@ -56,7 +58,8 @@ def long_schema(methods: Sequence[tuple[str, type[ScoringMethod] | ScoringMethod
 
 def wide_schema(methods: Sequence[tuple[str, ScoringMethod]]) -> pa.Schema:
     """Schema of the score stage's output: one row per image, columns per method."""
-    fields = [f for f in _BASE_FIELDS if f.name not in (Col.METHOD, Col.SCORE, Col.ATTEMPT)]
+    long_only = (Col.METHOD, Col.SCORE, Col.STATUS, Col.ATTEMPT)
+    fields = [f for f in _BASE_FIELDS if f.name not in long_only]
     for label, method in methods:
         fields += [
             pa.field(_sep(label, Col.SCORE), pa.float64()),
@@ -65,6 +68,11 @@ def wide_schema(methods: Sequence[tuple[str, ScoringMethod]]) -> pa.Schema:
         ]
         fields += [pa.field(_sep(label, n), t) for n, t in method.extra_columns.items()]
     return pa.schema(fields)
+
+
+def error_code_columns(wide: pa.Schema) -> list[str]:
+    """The per-method error code columns of a wide (score stage) schema."""
+    return [name for name in wide.names if name.endswith(_sep("", Col.ERROR_CODE))]
 
 
 def wide_table(
@@ -111,6 +119,9 @@ def long_table(wide: pa.Table, labels: Sequence[str], attempt: int, schema: pa.S
                 columns[name] = pa.array(np.full(n, attempt, dtype=np.int32))
             elif name in (Col.IMAGE_ID, Col.URI, Col.WIDTH, Col.HEIGHT):
                 columns[name] = wide.column(name).cast(field.type)
+            elif name == Col.STATUS:
+                codes = wide.column(_sep(label, Col.ERROR_CODE)).to_pylist()
+                columns[name] = pa.array([str(row_status(c)) for c in codes], pa.string())
             elif _sep(label, name) in wide.column_names:
                 columns[name] = wide.column(_sep(label, name)).cast(field.type)
             else:

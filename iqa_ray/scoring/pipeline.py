@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,14 +12,17 @@ import pyarrow.compute as pc
 
 from iqa_ray import io
 from iqa_ray.devtools.smoke import SMOKE_WARNING, is_smoke_model
+from iqa_ray.errors import ConfigError
 from iqa_ray.inputs import done as done_set
 from iqa_ray.inputs.shards import Shards, build_shards
 from iqa_ray.schema import Col
 from iqa_ray.scoring.config import RunConfig
+from iqa_ray.scoring.progress import start_progress
 from iqa_ray.scoring.record import (
     RunResult,
     check_fingerprint,
     data_digests,
+    mark_failed,
     run_paths,
     summarize,
     versions,
@@ -32,7 +34,7 @@ _MAX_BLOCKS = 20_000  # manifest blocks handed to Ray Data: enough parallelism, 
 
 
 def build_dataset(cfg: RunConfig, shards: Shards, done: np.ndarray, scores_uri: str,
-                  attempt: int) -> Any:
+                  attempt: int, progress: Any = None) -> Any:
     """The lazy Ray Data plan over the manifest shards' pending images (no shuffle; one output
     row per file). Tasks cut each shard's pending rows into blocks; the driver holds only refs.
     """
@@ -66,7 +68,8 @@ def build_dataset(cfg: RunConfig, shards: Shards, done: np.ndarray, scores_uri: 
         ),
     )
     ds = ds.map_batches(
-        ScoreImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.score.batch_size,
+        ScoreImages, fn_constructor_kwargs={"cfg": cfg, "progress": progress},
+        batch_size=st.score.batch_size,
         batch_format="numpy", num_cpus=st.score.num_cpus, num_gpus=st.score.num_gpus,
         # A fixed pool: each actor holds a whole model, scaling it up and down costs a reload.
         # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1).
@@ -111,6 +114,10 @@ def run(cfg: RunConfig) -> RunResult:
     shards = build_shards(cfg.input, paths.manifest, opts, done, cfg.input.shard_rows,
                                   cfg.input.list_parallelism)
     images, pending = shards.images, shards.pending_images
+    if images == 0:  # the preflight catches most; an empty manifest table ends here
+        io.delete_tree(paths.manifest, opts)
+        raise ConfigError(f"the input has no images ({cfg.input.uri or cfg.input.manifest}): "
+                          "nothing to score")
     record = {
         "run_id": cfg.resolved_run_id(), "fingerprint": cfg.fingerprint(),
         "config": cfg.model_dump(mode="json"), "data_digests": digests, "versions": versions(),
@@ -125,27 +132,43 @@ def run(cfg: RunConfig) -> RunResult:
     io.write_json_atomic(paths.run_json, record, opts)
     logger.info("run %s: %d images in %d manifest shards, %d done, %d pending -> %s",
                 record["run_id"], images, len(shards.uris), images - pending, pending, paths.root)
-    if pending:
-        io.delete(paths.success, opts)  # not complete again until every pending image is written
-        _execute(build_dataset(cfg, shards, done, paths.scores, attempt), pending)
-    summary = summarize(done_set.load_score_keys(paths.scores, opts), shards, methods, opts)
-    if summary["images_missing"]:
-        raise RuntimeError(
-            f"{summary['images_missing']} images have no committed rows: rerun to resume"
-        )
+    try:
+        if pending:
+            io.delete(paths.success, opts)  # not complete until every pending image is written
+            _execute(cfg, shards, done, paths.scores, attempt, pending)
+        summary = summarize(done_set.load_score_keys(paths.scores, opts), shards, methods, opts)
+        if summary["images_missing"]:
+            raise RuntimeError(
+                f"{summary['images_missing']} images have no committed rows: rerun to resume"
+            )
+    except BaseException as exc:  # interrupts too: run.json must not say "running" for ever
+        mark_failed(paths, record, exc, opts)
+        raise
     record.update(status="complete", finished_at=datetime.now(UTC).isoformat(), summary=summary)
     io.write_json_atomic(paths.run_json, record, opts)
     io.write_bytes_atomic(paths.success, b"", opts)  # the last thing written
     return RunResult(record["run_id"], paths.root, summary)
 
 
-def _execute(ds: Any, total: int) -> None:
-    """Stream the plan; log a progress line per committed file (images, rate, ETA)."""
-    start, done = time.monotonic(), 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        done += int(pc.sum(batch.column("images")).as_py())
-        elapsed = time.monotonic() - start
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("inf")
-        logger.info("progress: %d/%d images (%.1f%%), %.2f images/s, ETA %.0fs",
-                    done, total, 100.0 * done / total, rate, eta)
+def _execute(cfg: RunConfig, shards: Shards, done: np.ndarray, scores_uri: str, attempt: int,
+             total: int) -> None:
+    """Stream the plan with live progress on stdout (score actors report every batch; Ray
+    Data's own bars are off meanwhile), and log each committed file."""
+    import ray
+    from ray.util.debug import log_once
+
+    context = ray.data.DataContext.get_current()
+    bars = context.enable_progress_bars
+    counter, printer = start_progress(total)
+    context.enable_progress_bars = False  # ours says the same with a total, rate and ETA
+    log_once("ray_data_progress_manager_disabled")  # spends Ray's "bars disabled" warning
+    try:
+        ds = build_dataset(cfg, shards, done, scores_uri, attempt, counter)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            printer.committed += int(pc.sum(batch.column("images")).as_py())
+            logger.info("committed %s: %d/%d images", batch.column("file")[0],
+                        printer.committed, total)
+    finally:
+        printer.stop()
+        context.enable_progress_bars = bars
+        ray.kill(counter)

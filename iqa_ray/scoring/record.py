@@ -4,19 +4,23 @@ error code; reconciliation against the manifest)."""
 
 from __future__ import annotations
 
+import logging
 import platform
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from iqa_ray import __version__, io
+from iqa_ray import io
+from iqa_ray._version import __version__
 from iqa_ray.errors import ConfigError
 from iqa_ray.inputs import done as done_set
 from iqa_ray.inputs.shards import Shards, missing_images
 from iqa_ray.methods import get_method
-from iqa_ray.schema import RETRYABLE_CODES, Col
+from iqa_ray.schema import RETRYABLE_CODES, Col, Status, row_status
 from iqa_ray.scoring.config import RunConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,21 @@ def check_fingerprint(cfg: RunConfig, paths: RunPaths, digests: dict[str, str] |
     return stored
 
 
+def mark_failed(paths: RunPaths, record: dict[str, Any], exc: BaseException,
+                storage_options: dict[str, Any]) -> None:
+    """Rewrite run.json with ``status: failed`` and the reason (best effort: the original error
+    is what the caller raises). Committed rows stay; a rerun with the same run id resumes."""
+    import datetime as _dt
+
+    reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
+    failed = {**record, "status": "failed", "error": reason,
+              "finished_at": _dt.datetime.now(_dt.UTC).isoformat()}
+    try:
+        io.write_json_atomic(paths.run_json, failed, storage_options)
+    except Exception as write_error:  # storage itself may be what failed
+        logger.warning("could not mark %s failed: %s", paths.run_json, write_error)
+
+
 def summarize(keys: pa.Table, shards: Shards, methods: list[str],
               storage_options: dict[str, Any]) -> dict[str, Any]:
     """Counts derived from the committed rows: by method and error code, and reconciliation."""
@@ -142,7 +161,7 @@ def _counts(latest: pa.Table) -> dict[tuple[str, str], int]:
         return {}
     grouped = latest.select([Col.METHOD, Col.ERROR_CODE]).group_by(
         [Col.METHOD, Col.ERROR_CODE]).aggregate([([], "count_all")])
-    return {(m, c or "ok"): int(n) for m, c, n in zip(
+    return {(m, c or str(Status.OK)): int(n) for m, c, n in zip(
         grouped.column(Col.METHOD).to_pylist(), grouped.column(Col.ERROR_CODE).to_pylist(),
         grouped.column("count_all").to_pylist(), strict=True)}
 
@@ -152,17 +171,16 @@ def status_counts(latest: pa.Table, methods: list[str]) -> dict[str, Any]:
     failures among them (retryable codes: the job's exit status and ``--retry-errors`` key on it).
     """
     per_method: dict[str, dict[str, int]] = {m: {} for m in methods}
-    ok = errors = infra = 0
+    by_status = {str(Status.OK): 0, str(Status.ERROR): 0}
+    infra = 0
     for (method, code), n in _counts(latest).items():
         if method in per_method:
             per_method[method][code] = n
-        if code == "ok":
-            ok += n
-        else:
-            errors += n
+        # The score table's ``status`` column applies the same rule to the same error code.
+        by_status[str(row_status(None if code == Status.OK else code))] += n
         infra += n if code in RETRYABLE_CODES else 0
     return {
-        "rows_by_status": {"ok": ok, "error": errors},
+        "rows_by_status": by_status,
         "rows_by_method_and_error_code": {m: dict(sorted(c.items())) for m, c in
                                           per_method.items()},
         "infra_failures": infra,

@@ -15,7 +15,7 @@ from iqa_ray.errors import RowError
 from iqa_ray.images import load_image
 from iqa_ray.methods import ImageBatch, ScoringMethod, VariantSpec, get_method, method_context
 from iqa_ray.schema import Batch, Col, ErrorCode, variant_column
-from iqa_ray.scoring import outputs
+from iqa_ray.scoring import outputs, progress
 from iqa_ray.scoring.config import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,8 @@ class ScoreImages:
 
     requires = (Col.IMAGE_ID, Col.URI, Col.IMAGE, Col.ERROR_CODE, Col.ERROR_MESSAGE)
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, progress: Any = None) -> None:
+        self._progress = progress  # a ProgressCounter actor handle, or None
         self._methods = run_methods(cfg)
         self._variants = needed_variants(self._methods)
         self._ctx = method_context(cfg.model, cfg.image)
@@ -159,7 +160,18 @@ class ScoreImages:
             variants={v.key: [batch[variant_column(v.key)][i] for i in ok] for v in self._variants},
         )
         results = {label: method.score_batch(images, self._ctx) for label, method in self._methods}
-        return outputs.wide_table(batch, ok, results, self._schema)
+        table = outputs.wide_table(batch, ok, results, self._schema)
+        if self._progress is not None:
+            self._report(table)
+        return table
+
+    def _report(self, table: pa.Table) -> None:
+        """Tell the driver's progress counter (fire and forget; never fails the batch)."""
+        try:
+            columns = outputs.error_code_columns(self._schema)
+            self._progress.add.remote(*progress.batch_counts(table, columns))
+        except Exception as exc:
+            logger.debug("progress report failed: %s", exc)
 
 
 def write_scores(table: pa.Table, *, cfg: RunConfig, scores_uri: str, attempt: int) -> pa.Table:

@@ -148,3 +148,11 @@ def test_long_schema_merges_compatible_extra_columns() -> None:
     assert schema.field("a").type == pa.int32()
     assert schema.names.count("shared") == 1
     assert {Col.IMAGE_ID, Col.METHOD, Col.SCORE, Col.ERROR_CODE, Col.ATTEMPT} <= set(schema.names)
+
+
+def test_status_column_says_ok_exactly_when_there_is_no_error_code(long: pa.Table) -> None:
+    rows = long.to_pylist()
+    assert {r[Col.STATUS] for r in rows} == {"ok", "error"}
+    for r in rows:
+        assert r[Col.STATUS] == ("error" if r[Col.ERROR_CODE] else "ok"), r
+        assert (r[Col.STATUS] == "ok") == (r[Col.SCORE] is not None), r
