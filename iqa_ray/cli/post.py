@@ -50,10 +50,9 @@ def run_filter_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(outcome.per_group.to_string(index=False))
-    print(json.dumps({"uri": outcome.uri, **outcome.summary, "per_group": None}, indent=2,
-                     default=str))
-    if not args.dry_run:
-        print(f"report: {outcome.uri}/report.html")
+    report = None if args.dry_run else f"{outcome.uri}/report.html"
+    print(json.dumps({"uri": outcome.uri, "report": report, **outcome.summary,
+                      "per_group": None}, indent=2, default=str))
     copy = outcome.summary["copy"] or {}
     return 3 if copy.get("failed") else 0
 

@@ -86,6 +86,8 @@ def test_filter_and_evaluate_jobs_on_a_bucket(
     copied = sorted(p.split("/kept/")[1] for p in fs.find(f"{bucket}/kept"))
     assert copied == ["p1/a.jpg", "p1/c.jpg", "p2/e.jpg"]
     assert fs.cat(f"{bucket}/kept/p2/e.jpg") == fs.cat(f"{bucket}/corpus/p2/e.jpg")
+    page = fs.cat(f"{bucket}/out/filters/best/report.html").decode()
+    assert "<h1>Filter <code>best</code></h1>" in page and first["report"].endswith("report.html")
     with fs.open(f"{bucket}/out/filters/best/reject.parquet", "rb") as handle:
         reject = pd.read_parquet(handle)
     reasons = dict(zip(reject["uri"].str.split("/corpus/").str[1], reject["reason"], strict=True))
@@ -107,6 +109,7 @@ def test_filter_and_evaluate_jobs_on_a_bucket(
     folder = f"{bucket}/out/evaluations/default"
     assert {p.rsplit("/", 1)[1] for p in fs.find(folder)} == {
         "report.md",
+        "report.html",
         "metrics.parquet",
         "summary.json",
         "scatter_q.png",

@@ -86,6 +86,17 @@ def test_ray_job_submit_scores_a_folder(tmp_path: Path, ray_head: tuple[str, dic
     assert failed.returncode != 0
     assert "typo_key" in failed.stdout + failed.stderr
 
+    # The README's relative paths resolve inside the uploaded working directory of a submitted
+    # job: the preflight says so, with the fix, before the job starts any work.
+    relative = {**config, "input": {"uri": "demo_output/images"},
+                "output": {"uri": "demo_output/scores"}}
+    path.write_text(yaml.safe_dump(relative))
+    refused = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=300)
+    text = refused.stdout + refused.stderr
+    assert refused.returncode != 0, text[-3000:]
+    assert "input.uri 'demo_output/images' is a relative path" in text, text[-3000:]
+    assert "ray job submit" in text and "absolute path" in text
+
 
 def test_score_job_on_a_local_ray_whose_cpus_the_stages_fill(tmp_path: Path) -> None:
     # The stage actors reserve all but a quarter CPU of the machine: every other task of the
