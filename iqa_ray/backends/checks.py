@@ -21,11 +21,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _OFFLINE_FIXES = (
-    "point model.id at a local folder saved with save_pretrained (or a bucket prefix); "
-    "download it once where the hub is reachable (`hf download {id}`) and set HF_HUB_OFFLINE=1; "
-    "or, to try the plumbing only (random weights, scores mean nothing), use the smoke model: "
-    "`make demo MODEL=smoke` or `iqa-ray score FOLDER --model smoke`. `iqa-ray models` lists "
-    "the catalogue (model.preset)"
+    "one of\n"
+    "      - a local folder saved with save_pretrained (or a bucket prefix) as model.id, e.g. "
+    "`make demo MODEL=/path/to/folder`\n"
+    "      - download it once where the hub is reachable (`hf download {id}`), then set "
+    "HF_HUB_OFFLINE=1\n"
+    "      - try the plumbing with random weights (scores mean nothing): `make demo MODEL=smoke`"
+    " or `iqa-ray score FOLDER --model smoke`\n"
+    "      (`iqa-ray models` lists the catalogue's checkpoints for model.preset)"
 )
 
 

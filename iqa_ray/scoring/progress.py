@@ -65,6 +65,9 @@ def format_progress(done: int, total: int, committed: int, elapsed: float, rate:
     pct = 100.0 * done / total if total else 100.0
     if done == 0:
         body = f"0/{total} images, starting ({_clock(elapsed)}: actors loading the model)"
+    elif done == total and committed < total:
+        body = (f"{done}/{total} images scored, writing the last files (committed {committed}), "
+                f"elapsed {_clock(elapsed)}")
     else:
         speed = f"{rate:.2f} images/s" if rate else "rate n/a"
         eta = _clock((total - done) / rate) if rate else "n/a"

@@ -26,3 +26,11 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in ci and "make test" in README
     assert re.search(r"^test:", (REPO / "Makefile").read_text(), re.M)
+
+
+def test_relative_links_in_the_readme_and_docs_point_to_files() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name}: broken link {target}"

@@ -26,6 +26,7 @@ def test_progress_line_before_the_first_batch_and_with_a_bar() -> None:
     assert bar.startswith("[" + "#" * 12 + "." * 12 + "] 5/10")
     assert "ETA 0:05" in bar
     assert "1:00:00" in format_progress(1, 3601, 0, 1.0, 1.0, {})  # hours when it takes hours
+    assert "scored, writing the last files (committed 4)" in format_progress(9, 9, 4, 1.0, 1.0, {})
 
 
 def test_batch_counts_count_error_rows_by_code() -> None:
