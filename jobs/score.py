@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
+from iqa_ray.api.driver import add_job_arguments
 from iqa_ray.errors import ConfigError
 from iqa_ray.scoring.config import RunConfig
 
@@ -27,13 +28,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--config", help="YAML run configuration")
     parser.add_argument("--list-models", action="store_true",
                         help="print the model catalogue (model.preset names) and exit")
-    parser.add_argument("--run-id", help="run folder name (same id = resume)")
-    parser.add_argument("--limit", type=int, help="score only the first N images")
-    parser.add_argument("--retry-errors", action="store_true", help="recompute retryable errors")
-    parser.add_argument("--set", action="append", default=[], metavar="a.b=value",
-                        help="override a config field (repeatable)")
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--no-report", action="store_true", help="skip the run's report.html")
+    add_job_arguments(parser)  # --run-id, --limit, --retry-errors, --set, --address, --no-report
     return parser.parse_args()
 
 

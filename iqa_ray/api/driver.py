@@ -5,6 +5,7 @@ turn the outcome into the job's exit status.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -21,6 +22,17 @@ from iqa_ray.scoring.record import RunResult
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INFRA = 0, 1, 2, 3
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The scoring job's flags shared by ``jobs/score.py`` and ``iqa-ray score``."""
+    parser.add_argument("--run-id", help="run folder name (same id = resume)")
+    parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument("--retry-errors", action="store_true", help="recompute retryable errors")
+    parser.add_argument("--set", action="append", default=[], metavar="a.b=value",
+                        help="override a config field (repeatable)")
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--no-report", action="store_true", help="skip the run's report.html")
 
 
 def job_overrides(sets: list[str], run_id: str | None = None, limit: int | None = None,

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from iqa_ray.api.driver import add_job_arguments
+
 DEFAULT_OUTPUT = "iqa_ray_output"
 SHOW_ROWS = 20
 
@@ -26,13 +28,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help=f"output folder or prefix (default: ./{DEFAULT_OUTPUT}, "
                                          "or the config's)")
     parser.add_argument("--config", help="a YAML run configuration to start from")
-    parser.add_argument("--run-id", help="run folder name (same id = resume)")
-    parser.add_argument("--limit", type=int, help="score only the first N images")
-    parser.add_argument("--retry-errors", action="store_true", help="recompute retryable errors")
-    parser.add_argument("--set", action="append", default=[], metavar="a.b=value",
-                        help="override a config field (repeatable)")
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--no-report", action="store_true", help="skip the run's report.html")
+    add_job_arguments(parser)
     parser.add_argument("--csv", help="also write the score table to this CSV file")
 
 
