@@ -31,11 +31,11 @@ def parser() -> argparse.ArgumentParser:
     for name, (help_text, add, run) in COMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
         add(sub)
-        sub.set_defaults(run=run)
+        sub.set_defaults(handler=run)  # not `run`: filter has --run
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iqa-ray`` console script."""
     args = parser().parse_args(argv)
-    return int(args.run(args))
+    return int(args.handler(args))

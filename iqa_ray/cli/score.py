@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from iqa_ray.api.driver import add_job_arguments
+from iqa_ray.errors import ConfigError
 
 DEFAULT_OUTPUT = "iqa_ray_output"
 SHOW_ROWS = 20
@@ -43,7 +44,7 @@ def _config(args: argparse.Namespace) -> Any:
         section = base.get("input") or {}
         inputs = section.get("uri") or section.get("manifest")
         if inputs is None:
-            raise SystemExit("error: give a PATH to score (or --config with input.uri)")
+            raise ConfigError("give a PATH to score (or --config with input.uri)")
     output = args.output or (base.get("output") or {}).get("uri") or DEFAULT_OUTPUT
     overrides = job_overrides(args.set, None, args.limit, args.retry_errors)
     return score_config(inputs, args.method, args.model, preset=args.preset, output=output,
@@ -81,7 +82,6 @@ def _print_table(outcome: Any, seconds: float, csv: str | None) -> None:
 def run_score_command(args: argparse.Namespace) -> int:
     """Score, print a summary and the first rows; the job's exit status."""
     from iqa_ray.api.driver import EXIT_CONFIG, run_job
-    from iqa_ray.errors import ConfigError
 
     try:
         cfg = _config(args)

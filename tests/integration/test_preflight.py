@@ -21,7 +21,7 @@ from iqa_ray.scoring.config import RunConfig
 from iqa_ray.scoring.preflight import submitted_job_problems
 from tests.conftest import REPO, free_port
 
-FAST_S = 30  # generous for a loaded 2-core machine; these take about a second each
+FAST_S = 90  # about 1-3 s each on an idle machine; the old failure mode took minutes
 
 
 def _config(images: Path, out: str, **extra: Any) -> dict[str, Any]:
