@@ -104,3 +104,43 @@ register_preset(ModelPreset(
     verified="the LLaVA architecture through transformers on tiny random models (CPU, CUDA)",
     not_verified="accuracy of any method with it",
 ))
+
+
+# Q-Debias (arXiv 2411.12791) Table 1, also on the authors' project page (github.com/
+# BarryPan12138/Q-Debias, img/exp1.png @ 490e4e7): mPLUG-Owl3, raw scores, whole datasets.
+_QDEBIAS = "Q-Debias arXiv 2411.12791 Table 1"
+_QDEBIAS_ROWS = (  # dataset, Q-Bench baseline SRCC, PLCC, Q-Debias SRCC, PLCC
+    ("LIVE Challenge", 0.721, 0.677, 0.794, 0.818),
+    ("KonIQ-10k", 0.672, 0.573, 0.838, 0.863),
+    ("AGIQA-3k", 0.596, 0.469, 0.717, 0.753),
+    ("KADID-10k", 0.315, 0.267, 0.700, 0.753),
+    ("SPAQ", 0.767, 0.650, 0.867, 0.826),
+)
+register_preset(ModelPreset(
+    name="mplug-owl3-7b",
+    id="mPLUG/mPLUG-Owl3-7B-240728",
+    # The hub commit of 2024-08-27 that last changed the processor file; model.safetensors,
+    # config.json and the tokenizer files are unchanged from the upload (a465221) to main, per
+    # the hub's file listing. Whether it equals the authors' copy (a ModelScope path) is unknown.
+    revision="8ca1d87e7292a53b6676fece91c31e8c36f644ae",
+    family="mplugowl3",
+    dtype="bfloat16",
+    methods=("q_debias", "qbench_binary"),
+    summary="mPLUG-Owl3 7B (SigLIP, Qwen2 with hyper attention), the LMM of Q-Debias; a native "
+    "implementation (the published remote code needs transformers 4.x and is never run).",
+    published=tuple(
+        PublishedScore(dataset, f"{method} {metric}", value, _QDEBIAS)
+        for dataset, *values in _QDEBIAS_ROWS
+        for (method, metric), value in zip(
+            (("qbench_binary", "SRCC"), ("qbench_binary", "PLCC"),
+             ("q_debias", "SRCC"), ("q_debias", "PLCC")), values, strict=True)
+    ),
+    verified="the model, processor and Q-Debias prompts reproduce the reference code's logits "
+    "on a tiny random model (tiny-mplug-owl3, float32 CPU, ~4e-6 vs 1e-4 allowed), through "
+    "TransformersBackend, batched and one by one, and q_debias's q_pred at T=1 and T=100",
+    not_verified="the real 8B weights and their accuracy (no published number was reproduced); "
+    "the pinned revision against the authors' copy; bf16 / GPU / flash-attention numerics; the "
+    "real tokenizer's handling of <|image|>; the Q-Bench baseline prompt the paper used "
+    "(unpublished)",
+    extra={"docs": "docs/q_debias_mplug_owl3.md"},
+))

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.family_options import result_options
 from iqa_ray.errors import ConfigError
 from iqa_ray.images import ImageConfig
 from iqa_ray.inputs.config import InputConfig
@@ -158,6 +159,12 @@ class RunConfig(StrictModel):
         """
         model = self.model.model_dump(include={"id", "revision", "backend", "dtype", "word_policy"})
         model["max_image_side"] = self.image.max_side
+        if self.model.backend == "transformers" and self.model.options:
+            # A native family's prompt options; absent when none differ from the defaults, so
+            # earlier runs keep their fingerprint.
+            options = result_options(self.model.options)
+            if options:
+                model["options"] = options
         return {
             "input": self.input.model_dump(include={"uri", "manifest", "manifest_uri_column"}),
             "model": model,

@@ -18,6 +18,7 @@ import torch
 
 from iqa_ray.backends.batching import ForwardStats
 from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.family_options import options_for
 from iqa_ray.backends.prompt import Prompt
 from iqa_ray.backends.sources import resolve_model_source
 from iqa_ray.backends.transformers.text import PromptText
@@ -79,7 +80,9 @@ class LoadedModel(PromptText):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if device == "cuda" else torch.float32)
         source = resolve_model_source(cfg)
-        family = NATIVE_FAMILIES.get(model_type(source, cfg.revision))
+        kind = model_type(source, cfg.revision)
+        options_for(kind, cfg.options)  # model.options given to a family that takes none: error
+        family = NATIVE_FAMILIES.get(kind)
         if family is not None:
             runtime = importlib.import_module(f"{family}.runtime")
             return runtime.load(cfg, source, device, dtype)

@@ -55,6 +55,7 @@ class PromptText:
         return self._word_ids[key]
 
     def _resolve(self, tail: str, word: str) -> int:
+        """Id of ``word`` after ``tail`` (a family may override how it is read)."""
         spaced = word if tail.endswith((" ", "\n")) or not tail else f" {word}"
         base = self.tokenizer.encode(tail, add_special_tokens=False)
         full = self.tokenizer.encode(tail + spaced, add_special_tokens=False)
@@ -62,8 +63,12 @@ class PromptText:
             pieces = full[len(base):]
         else:  # a merge across the boundary: fall back to the word on its own
             pieces = self.tokenizer.encode(spaced, add_special_tokens=False)
+        return self._pick_piece(pieces, spaced)
+
+    def _pick_piece(self, pieces: list[int], spaced: str) -> int:
+        """The token read for a word encoded as ``pieces``, under ``model.word_policy``."""
         if not pieces:
-            raise ConfigError(f"word {word!r} encodes to no token with {self.source}")
+            raise ConfigError(f"word {spaced!r} encodes to no token with {self.source}")
         if len(pieces) > 1 and self.cfg.word_policy == "single":
             shown = [self.tokenizer.decode([p]) for p in pieces]
             raise ConfigError(
