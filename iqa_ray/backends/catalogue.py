@@ -104,3 +104,62 @@ register_preset(ModelPreset(
     verified="the LLaVA architecture through transformers on tiny random models (CPU, CUDA)",
     not_verified="accuracy of any method with it",
 ))
+
+# The mPLUG-Owl2 checkpoints (native family ``iqa_ray.backends.families.mplug_owl2``).
+_OWL2_VERIFIED = (
+    "native mplug_owl2: pixels, vision/abstractor outputs, prompt ids, Q-Align level logits and "
+    "scores and Compare2Score probabilities equal the reference code on its tiny random-weight "
+    "fixture (float32 CPU, fixture tolerances); prefix sharing and the Ray pipeline tested on "
+    "a tiny model"
+)
+_OWL2_NOT_VERIFIED = (
+    "the real 7B weights (not reachable here): loading them, fp16/bf16 numerics, the hub "
+    "repo's tokenizer files, and the published accuracy"
+)
+register_preset(ModelPreset(
+    name="one-align",
+    id="q-future/one-align",
+    revision=None,  # no full commit sha found in public material
+    family="mplug_owl2",
+    dtype="float16",
+    methods=("qalign_levels",),
+    summary="OneAlign (Q-Align, ICML 2024): mPLUG-Owl2 tuned on IQA + IAA + VQA; qalign_levels "
+    "uses Q-Align's scorer prompt on it.",
+    published=(PublishedScore("KonIQ-10k", "SRCC", 0.941, "q-future/one-align model card, "
+                              "arXiv 2312.17090"),
+               PublishedScore("KonIQ-10k", "PLCC", 0.950, "q-future/one-align model card, "
+                              "arXiv 2312.17090")),
+    verified=_OWL2_VERIFIED,
+    not_verified=_OWL2_NOT_VERIFIED,
+))
+register_preset(ModelPreset(
+    name="compare2score",
+    id="q-future/Compare2Score",
+    # The newest commit on the repo's public commit history page ("Create readme.md").
+    revision="48e5da014f67bb4ce6b4b372da5c4c99035106c4",
+    family="mplug_owl2",
+    dtype="float16",
+    methods=("compare2score",),
+    summary="Compare2Score (NeurIPS 2024): mPLUG-Owl2 tuned to compare two images; use with the "
+    "official anchor set (jobs/build_anchors.py --official).",
+    published=(PublishedScore("KonIQ-10k", "SRCC", 0.931, "arXiv 2405.19298"),
+               PublishedScore("KonIQ-10k", "PLCC", 0.939, "arXiv 2405.19298")),
+    verified=_OWL2_VERIFIED,
+    not_verified=_OWL2_NOT_VERIFIED + "; the real anchor images",
+))
+register_preset(ModelPreset(
+    name="deqa-score",
+    id="zhiyuanyou/DeQA-Score-Mix3",
+    revision=None,  # no full commit sha found in public material
+    family="mplug_owl2",
+    dtype="float16",
+    methods=("qalign_levels",),
+    summary="DeQA-Score (CVPR 2025): mPLUG-Owl2 tuned on score distributions (KonIQ, SPAQ, "
+    "KADID); qalign_levels with the 1..5 weights is its scorer.",
+    published=(PublishedScore("KonIQ-10k", "SRCC", 0.944, "DeQA-Score-LoRA-Mix3 model card "
+                              "(the LoRA sibling; the README calls both similar)"),
+               PublishedScore("KonIQ-10k", "PLCC", 0.956, "DeQA-Score-LoRA-Mix3 model card "
+                              "(the LoRA sibling; the README calls both similar)")),
+    verified=_OWL2_VERIFIED,
+    not_verified=_OWL2_NOT_VERIFIED,
+))
