@@ -126,3 +126,15 @@ def test_first_call_check_passes_and_batches_match_one_by_one(folder: Path) -> N
     one_by_one = [fresh.unshared_logits([p])[0] for p in prompts]
     assert _gap(fresh.unshared_logits(prompts), one_by_one) <= TOL  # left padding
     assert _gap(got, one_by_one) <= TOL
+
+
+def test_q_debias_scores_on_this_family(backend: TransformersBackend) -> None:
+    method = QDebias({})
+    ctx = MethodContext(vlm_factory=lambda: backend)
+    method.setup(ctx)
+    queries = _images(4, 2)
+    variants = {v.key: _images(20 + k, 2) for k, v in enumerate(method.variants())}
+    result = method.score_batch(ImageBatch(np.arange(2, dtype=np.int64), queries, variants), ctx)
+    assert result.errors == [None, None]
+    assert all(0.0 <= s <= 1.0 for s in result.columns["score"])
+    assert all(len(p) == 4 for p in result.columns["p_good"])

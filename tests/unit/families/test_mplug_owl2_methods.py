@@ -14,10 +14,12 @@ from PIL import Image
 
 from iqa_ray.backends.config import ModelConfig
 from iqa_ray.backends.transformers.backend import TransformersBackend
+from iqa_ray.errors import ConfigError
 from iqa_ray.methods.base import ImageBatch, MethodContext
 from iqa_ray.methods.compare2score.method import Compare2Score
 from iqa_ray.methods.compare2score.official import write_official_anchor_set
 from iqa_ray.methods.levels import QAlignLevels
+from iqa_ray.methods.q_debias import QDebias
 from tests.unit.families.test_mplug_owl2_fixture import EXPECTED, FIXTURE
 
 pytestmark = pytest.mark.skipif(
@@ -141,3 +143,21 @@ def test_official_anchor_set_reproduces_the_reference_score(
                                    atol=TOL["compare2score_prob_abs"], rtol=0)
         assert abs(result.columns["score"][row] - expected[key]) <= TOL[
             "compare2score_final_score_abs"], name
+
+
+def test_q_debias_needs_the_first_piece_policy_on_the_llama_tokenizer(
+    backend: TransformersBackend,
+) -> None:
+    """'Poor' is two LLaMA pieces: refused under word_policy single, read as "▁Po" (the
+    reference's input_ids[1]) under first."""
+    with pytest.raises(ConfigError, match="word_policy"):
+        QDebias({}).setup(_ctx(backend))
+    loose = TransformersBackend(ModelConfig(id=str(FIXTURE), word_policy="first"))
+    method = QDebias({})
+    ctx = _ctx(loose)
+    method.setup(ctx)
+    assert loose.word_id("", "Poor") == loose.rt.tokenizer.encode("Poor")[1]
+    query = _image("inputs/" + IMAGES[0])
+    variants = {v.key: [query[::-1].copy()] for v in method.variants()}
+    result = method.score_batch(ImageBatch(np.zeros(1, dtype=np.int64), [query], variants), ctx)
+    assert result.errors == [None] and 0.0 <= result.columns["score"][0] <= 1.0
