@@ -105,7 +105,13 @@ def build_tiny_mplug_owl2(path: str | Path, *, seed: int = 0) -> Path:
     model = MplugOwl2ForCausalLM(tiny_config(vocab)).eval()
     spread_weights(model, seed + 1)
     model.save_pretrained(folder)
-    settings = {"size": IMAGE_SIZE, "crop_size": IMAGE_SIZE, "resample": 3, "do_center_crop": True}
+    write_processor_files(folder, IMAGE_SIZE)
+    return folder
+
+
+def write_processor_files(folder: Path, image_size: int) -> None:
+    """``preprocessor_config.json`` (CLIP settings at ``image_size``, bicubic) and a
+    ``special_tokens_map.json`` padding with ``<unk>`` as the published checkpoints do."""
+    settings = {"size": image_size, "crop_size": image_size, "resample": 3, "do_center_crop": True}
     (folder / "preprocessor_config.json").write_text(json.dumps(settings))
     (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<unk>"}))
-    return folder
