@@ -14,8 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout / job working dir
 
+import pandas as pd
+
 from iqa_ray.analysis.evaluate import EvaluateJobConfig, markdown_table, run_evaluation
 from iqa_ray.analysis.scores import ALL_GROUP
+from iqa_ray.analysis.splits import split_markdown
 from iqa_ray.errors import ConfigError
 from iqa_ray.logs import setup_logging
 from iqa_ray.settings import load_config
@@ -28,6 +31,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--run", action="append", default=[], help="run id (repeatable)")
     parser.add_argument("--labels", help="label file (sets labels.uri)")
     parser.add_argument("--name", help="output folder name under <output>/evaluations/")
+    parser.add_argument("--split", action="append", default=[],
+                        help="test-split file of image keys (repeatable): adds the median over "
+                        "splits (the papers' protocol)")
     parser.add_argument(
         "--set",
         action="append",
@@ -45,6 +51,7 @@ def main() -> int:
         "scores.runs": args.run or None,
         "labels.uri": args.labels,
         "name": args.name,
+        "splits": args.split or None,
     }
     overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     try:
@@ -55,6 +62,10 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_table(outcome.table[outcome.table["group"] == ALL_GROUP], with_group=False))
+    if "split_medians" in outcome.summary:
+        medians = pd.DataFrame(outcome.summary["split_medians"])
+        print(f"\nMedian over {len(outcome.summary['splits'])} test splits:")
+        print(split_markdown(medians))
     print(f"report: {outcome.uri}/report.md")
     return 0
 

@@ -30,7 +30,7 @@ NATIVE_FAMILIES: dict[str, str] = {
     "mplugowl3": "iqa_ray.backends.families.mplug_owl3",
 }
 # Model types whose shared-prefix path a test checks against the unshared one (``shared``).
-SHARING_VERIFIED = frozenset({"llava"})
+SHARING_VERIFIED = frozenset({"llava", "mplug_owl2"})
 
 
 def sharing_support(model: Any, processor: Any) -> str | None:
@@ -68,7 +68,10 @@ class LoadedModel(PromptText):
         self.batch_size = cfg.batch_size
         self.max_tokens_per_batch = cfg.max_tokens_per_batch
         self.stats = ForwardStats()
-        # Left padding keeps every row's last real token at position -1.
+        self._prepare_tokenizer()
+
+    def _prepare_tokenizer(self) -> None:
+        """Left padding keeps every row's last real token at position -1."""
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -166,6 +169,67 @@ class LoadedModel(PromptText):
         if self.processor.vision_feature_select_strategy == "default":
             n -= 1
         return [n] * n_images
+
+    # ---- prefix-sharing hooks: ``encode`` and ``shared`` call these, a family overrides them --
+    def preprocess_images(self, images: list[np.ndarray]) -> Any:
+        """CPU preprocessing of distinct images (may run in a helper thread)."""
+        return self.processor.image_processor(images, return_tensors="pt")
+
+    def image_pixels(self, processed: Any) -> torch.Tensor:
+        """The preprocessed images as one batch on the device (first axis: images)."""
+        return processed["pixel_values"].to(self.device, self.model.dtype)
+
+    def image_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Language-model inputs of each image: one (tokens, hidden) tensor per image."""
+        return list(self.model.get_image_features(pixel_values=pixels).pooler_output)
+
+    def image_placeholders(self, processed: Any, sizes: list[int]) -> list[str]:
+        """Placeholder text of each image, checked against its number of feature rows.
+
+        Raises:
+            ValueError: a placeholder text holds another number of image tokens.
+        """
+        texts = [self.processor.replace_image_token(processed, image_idx=k)
+                 for k in range(len(sizes))]
+        for text, size in zip(texts, sizes, strict=True):
+            if text.count(self.processor.image_token) != size:
+                raise ValueError(
+                    f"placeholder text has {text.count(self.processor.image_token)} "
+                    f"image tokens for {size} features"
+                )
+        return texts
+
+    def shared_token_ids(self, texts: list[str], placeholders: list[str]) -> list[list[int]]:
+        """Token ids of rendered prompts, each image slot as :attr:`image_token_id`;
+        ``placeholders`` are the prompts' images' texts in row-major order."""
+        expanded, _ = self.processor.get_text_with_replacements(list(texts), placeholders)
+        return self.tokenizer(expanded)["input_ids"]
+
+    def reference_token_ids(self, prompt: Prompt, text: str) -> list[int]:
+        """The processor's own token ids of one rendered prompt (checks the shared path)."""
+        images = [list(prompt.images)] if prompt.images else None
+        return list(self.processor(text=[text], images=images)["input_ids"][0])
+
+    @property
+    def image_token_id(self) -> int:
+        """The id marking an image slot in :meth:`shared_token_ids`."""
+        return int(self.processor.image_token_id)
+
+    @property
+    def image_embedding_id(self) -> int:
+        """A valid id embedded at image slots before their features replace it."""
+        return int(self.processor.image_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id of left-padding positions (masked out)."""
+        return int(self.tokenizer.pad_token_id)
+
+    def embeds_forward_kwargs(self, embeds: torch.Tensor, image_slots: torch.Tensor) -> dict:
+        """Model arguments of a forward from ``embeds`` (B, T, hidden) whose ``image_slots``
+        (B, T) positions hold image features."""
+        del image_slots
+        return {"inputs_embeds": embeds}
 
 
 def model_type(source: str, revision: str | None = None) -> str:

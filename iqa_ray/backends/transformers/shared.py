@@ -16,10 +16,12 @@ For one call's prompts:
 
 Images enter as input embeddings: the text tokens are embedded by the model's own embedding
 table and each image token's slot takes its bank feature, so a suffix or prefix carries exactly
-the features of the image tokens it contains. ``inputs_embeds`` is the oldest, most stable entry
-of every transformers 5.x model (the newer ``mm_encoder_outputs`` argument does not exist in
-5.17 and is then silently ignored, which would score the placeholder tokens instead of the
-images).
+the features of the image tokens it contains (the forward's arguments come from the loaded
+model's ``embeds_forward_kwargs``: a native family adds what its forward needs, e.g. the image
+positions of mPLUG-Owl2's modality-adaptive layers). ``inputs_embeds`` is the oldest, most
+stable entry of every transformers 5.x model (the newer ``mm_encoder_outputs`` argument does
+not exist in 5.17 and is then silently ignored, which would score the placeholder tokens
+instead of the images).
 
 Only model types verified by a test (``runtime.SHARING_VERIFIED``) take this path: models with
 multimodal rotary positions (Qwen2-VL's mrope), bidirectional attention over image tokens
@@ -261,7 +263,6 @@ class SharedPrefixRunner:
         ids, mask, image_slots = self._pad(seqs)
         offsets = (mask.cumsum(-1) - 1).clamp(min=0)
         positions = torch.tensor(starts, device=b.device)[:, None] + offsets
-        kwargs: dict[str, Any] = {}
         embeds = b.model.get_input_embeddings()(ids)
         rows = [r for seq in seqs for r in bank_rows(seq)]
         if rows:
@@ -270,6 +271,7 @@ class SharedPrefixRunner:
             embeds = embeds.masked_scatter(
                 image_slots[..., None].expand_as(embeds), features.to(embeds.device, embeds.dtype)
             )
+        kwargs = b.embeds_forward_kwargs(embeds, image_slots)
         full_mask = mask
         if prefix is not None:
             index = torch.tensor(slots, device=b.device)
@@ -279,7 +281,6 @@ class SharedPrefixRunner:
             kwargs["past_key_values"] = cache
             full_mask = torch.cat([prefix.mask.index_select(0, index), mask], dim=1)
         out = b.model(
-            inputs_embeds=embeds,
             attention_mask=full_mask,
             position_ids=positions,
             use_cache=True,
@@ -294,11 +295,11 @@ class SharedPrefixRunner:
         padded."""
         b = self.rt
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), b.tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(seqs), width), b.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         images = torch.zeros((len(seqs), width), dtype=torch.bool)
         for r, seq in enumerate(seqs):
-            row = [k if k >= 0 else b.processor.image_token_id for k in seq]
+            row = [k if k >= 0 else b.image_embedding_id for k in seq]
             ids[r, width - len(seq) :] = torch.tensor(row, dtype=torch.long)
             mask[r, width - len(seq) :] = 1
             images[r, width - len(seq) :] = torch.tensor([k < 0 for k in seq], dtype=torch.bool)
