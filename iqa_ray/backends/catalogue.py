@@ -85,8 +85,9 @@ DOC_BEGIN = (
 DOC_END = "<!-- supported-checkpoints:end -->"
 
 
-def supported_checkpoints() -> str:
-    """The "Supported checkpoints" table of ``docs/models.md``, between its markers."""
+def supported_checkpoints(markers: bool = True) -> str:
+    """The "Supported checkpoints" table (``docs/models.md`` between its markers, and
+    ``--list-models`` without them)."""
     lines = [DOC_BEGIN,
              "| preset | checkpoint (revision) | family | methods | published accuracy (source) "
              "| verified here | not verified |", "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -98,20 +99,7 @@ def supported_checkpoints() -> str:
                      f"{', '.join(f'`{m}`' for m in p.methods)} | {published} | "
                      f"{p.verified or '-'} | {p.not_verified or '-'} |")
     lines.append(DOC_END)
-    return "\n".join(lines)
-
-
-def catalogue_table() -> str:
-    """The catalogue as a Markdown table (``--list-models`` and the README)."""
-    lines = ["| preset | checkpoint | family | methods | published | verified here |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for p in list_presets():
-        published = "; ".join(f"{s.dataset} {s.metric} {s.value:g} ({s.source})"
-                              for s in p.published) or "-"
-        rev = f"@{p.revision[:10]}" if p.revision else " (revision not pinned)"
-        lines.append(f"| `{p.name}` | `{p.id}`{rev} | {p.family} | {', '.join(p.methods)} | "
-                     f"{published} | {p.verified or '-'} |")
-    return "\n".join(lines)
+    return "\n".join(lines if markers else lines[1:-1])
 
 
 register_preset(ModelPreset(
