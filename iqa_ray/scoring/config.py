@@ -88,6 +88,12 @@ class StagesConfig(StrictModel):
     fetch: StageResources = StageResources(batch_size=16, max_actors=4, num_cpus=0.5)
     decode: StageResources = StageResources(batch_size=8, max_actors=4, num_cpus=1.0)
     score: StageResources = StageResources(batch_size=8, min_actors=1, max_actors=1)
+    model_pixels_on_decode: bool = Field(
+        True,
+        description="Run the model's image resize and crop on the CPU decode stage (only where "
+        "its preprocessing splits exactly: same pixels as the processor); the score actor then "
+        "only normalises on the device.",
+    )
 
 
 class RunConfig(StrictModel):

@@ -42,9 +42,14 @@ class EncodedPrompt:
 class PromptEncoder:
     """Turns a call's prompts into a feature bank and token identities (see module doc)."""
 
+    _MEMO_SIZE = 4096
+
     def __init__(self, rt: LoadedModel) -> None:
         self.rt = rt
         self._checked = False
+        # (rendered text, its images' placeholder texts) -> token ids: a call repeats a few
+        # prompt shapes many times, and their expanded texts are long to tokenize.
+        self._ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}
 
     def _encode(self, arrays: list[np.ndarray]) -> tuple[Any, list[range], list[str]]:
         """Feature bank of the distinct images, each image's rows in it, its placeholder text."""
@@ -71,15 +76,33 @@ class PromptEncoder:
 
     def _vision(self, pixels: Any) -> list[Any]:
         self.rt.stats.add(images_encoded=len(pixels))
-        return self.rt.image_features(pixels)
+        with self.rt.stats.cpu_time("device_cpu_s"):
+            return self.rt.image_features(pixels)
+
+    def _token_ids(
+        self, texts: list[str], slots: list[list[int]], placeholder: list[str]
+    ) -> list[list[int]]:
+        """Token ids of each prompt (image slots marked), tokenizing each distinct
+        (text, placeholders) once and remembering it across calls."""
+        if not self.rt.memo:
+            return self.rt.shared_token_ids(texts, [placeholder[k] for row in slots for k in row])
+        keys = [(text, tuple(placeholder[k] for k in row)) for text, row in zip(
+            texts, slots, strict=True)]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._ids))
+        if missing:
+            if len(self._ids) + len(missing) > self._MEMO_SIZE:
+                self._ids.clear()
+            ids = self.rt.shared_token_ids([t for t, _ in missing],
+                                           [p for _, ps in missing for p in ps])
+            self._ids.update(zip(missing, ids, strict=True))
+        return [self._ids[k] for k in keys]
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[Any, list[EncodedPrompt]]:
         """The feature bank of the call's distinct images and every prompt, tokenized."""
         arrays, slots = dedupe_images(prompts)
         bank, rows, placeholder = self._encode(arrays)
-        texts = [self.rt.render(p) for p in prompts]
-        replacements = [placeholder[k] for row in slots for k in row]
-        ids = self.rt.shared_token_ids(texts, replacements)
+        texts = [self.rt.text(p) for p in prompts]
+        ids = self._token_ids(texts, slots, placeholder)
         image_token_id = self.rt.image_token_id
         encoded = [
             EncodedPrompt(

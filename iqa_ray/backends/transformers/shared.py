@@ -263,14 +263,16 @@ class SharedPrefixRunner:
         ids, mask, image_slots = self._pad(seqs)
         offsets = (mask.cumsum(-1) - 1).clamp(min=0)
         positions = torch.tensor(starts, device=b.device)[:, None] + offsets
-        embeds = b.model.get_input_embeddings()(ids)
         rows = [r for seq in seqs for r in bank_rows(seq)]
-        if rows:
-            # Row-major order of the slots matches the order of ``rows``.
-            features = bank[torch.tensor(rows, device=bank.device)]
-            embeds = embeds.masked_scatter(
-                image_slots[..., None].expand_as(embeds), features.to(embeds.device, embeds.dtype)
-            )
+        with b.stats.cpu_time("device_cpu_s"):  # device work: embedding, feature scatter
+            embeds = b.model.get_input_embeddings()(ids)
+            if rows:
+                # Row-major order of the slots matches the order of ``rows``.
+                features = bank[torch.tensor(rows, device=bank.device)]
+                embeds = embeds.masked_scatter(
+                    image_slots[..., None].expand_as(embeds),
+                    features.to(embeds.device, embeds.dtype),
+                )
         kwargs = b.embeds_forward_kwargs(embeds, image_slots)
         full_mask = mask
         if prefix is not None:
@@ -280,13 +282,14 @@ class SharedPrefixRunner:
             cache.layers = [layer(k, v, index) for k, v, *_ in prefix.cache]
             kwargs["past_key_values"] = cache
             full_mask = torch.cat([prefix.mask.index_select(0, index), mask], dim=1)
-        out = b.model(
-            attention_mask=full_mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **kwargs,
-        )
+        with b.stats.cpu_time("device_cpu_s"):
+            out = b.model(
+                attention_mask=full_mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
         b.stats.add(forward_calls=1, tokens=int(mask.sum()), padded_tokens=mask.numel())
         return out, mask
 
@@ -298,11 +301,13 @@ class SharedPrefixRunner:
         ids = torch.full((len(seqs), width), b.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         images = torch.zeros((len(seqs), width), dtype=torch.bool)
+        embedding_id = b.image_embedding_id
         for r, seq in enumerate(seqs):
-            row = [k if k >= 0 else b.image_embedding_id for k in seq]
-            ids[r, width - len(seq) :] = torch.tensor(row, dtype=torch.long)
+            keys = np.asarray(seq, dtype=np.int64)
+            image = keys < 0
+            ids[r, width - len(seq) :] = torch.from_numpy(np.where(image, embedding_id, keys))
             mask[r, width - len(seq) :] = 1
-            images[r, width - len(seq) :] = torch.tensor([k < 0 for k in seq], dtype=torch.bool)
+            images[r, width - len(seq) :] = torch.from_numpy(image)
         return ids.to(b.device), mask.to(b.device), images.to(b.device)
 
 

@@ -203,7 +203,8 @@ class Compare2Score(VlmMethod):
         anchor_set = read_anchor_set(p.anchors, p.anchor_storage_options)
         raw = read_anchor_images(p.anchors, anchor_set, p.anchor_storage_options)
         model = ctx.model
-        self._anchor_images = decode_anchors(raw, ctx.image)
+        # Resized once to the model's input here, not in every batch's preprocessing.
+        self._anchor_images = [ctx.vlm.prepare_image(im) for im in decode_anchors(raw, ctx.image)]
         self._anchor_set = anchor_set
         self._layout = prompt_layout(p, ctx.vlm.family)
         mismatches = calibration_mismatches(anchor_set.calibration, p, model, self._layout)

@@ -28,7 +28,8 @@ from iqa_ray.backends.family_options import (  # noqa: E402
 )
 from iqa_ray.backends.prompt import Prompt  # noqa: E402
 from iqa_ray.backends.transformers.backend import TransformersBackend  # noqa: E402
-from iqa_ray.backends.transformers.runtime import NATIVE_FAMILIES, LoadedModel  # noqa: E402
+from iqa_ray.backends.transformers.checkpoint import NATIVE_FAMILIES  # noqa: E402
+from iqa_ray.backends.transformers.runtime import LoadedModel  # noqa: E402
 from iqa_ray.errors import ConfigError  # noqa: E402
 from iqa_ray.methods import ImageBatch, MethodContext, get_method  # noqa: E402
 from iqa_ray.methods.q_debias import QDebias  # noqa: E402

@@ -2,7 +2,7 @@
 ids, model inputs, token estimates, and the prefix-sharing steps).
 
 The backend calls ``load(cfg, source, device, dtype)`` for a checkpoint whose ``model_type`` is
-``mplug_owl2`` (``iqa_ray.backends.transformers.runtime.NATIVE_FAMILIES``). Prompts follow the
+``mplug_owl2`` (``iqa_ray.backends.transformers.checkpoint.NATIVE_FAMILIES``). Prompts follow the
 reference conversation (``conversation.render``); answer words are read as the reference reads
 them, ``tokenizer(word).input_ids[1]`` (the first SentencePiece piece of the word with its
 dummy-prefix space, whatever precedes it).
@@ -20,8 +20,13 @@ from iqa_ray.backends.config import ModelConfig
 from iqa_ray.backends.families.mplug_owl2 import conversation
 from iqa_ray.backends.families.mplug_owl2.configuration import IMAGE_TOKEN
 from iqa_ray.backends.families.mplug_owl2.modeling import MplugOwl2ForCausalLM
-from iqa_ray.backends.families.mplug_owl2.processing import MplugOwl2Processor
+from iqa_ray.backends.families.mplug_owl2.processing import (
+    ImageSettings,
+    MplugOwl2Processor,
+    square_and_resize,
+)
 from iqa_ray.backends.prompt import Prompt
+from iqa_ray.backends.transformers.pixels import PixelPlan, device_pixels, ready_pixels
 from iqa_ray.backends.transformers.runtime import SHARING_VERIFIED, LoadedModel
 from iqa_ray.errors import ConfigError
 
@@ -41,6 +46,28 @@ def processor_folder(source: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(source, revision=revision, allow_patterns=list(PROCESSOR_FILES)))
+
+
+def settings_plan(settings: ImageSettings) -> PixelPlan:
+    """The reference's pixels as geometry (expand to square on the CLIP mean, resize, crop:
+    :func:`square_and_resize`) then normalisation; a square at the crop size is left as is."""
+    if not (settings.do_rescale and settings.do_normalize):
+        raise ValueError("mPLUG-Owl2 pixels are always rescaled and normalised")
+    side = settings.crop_size
+    return PixelPlan(lambda image: square_and_resize(image, settings), (side, side),
+                     float(settings.rescale_factor), _triple(settings.image_mean),
+                     _triple(settings.image_std))
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return a, b, c
+
+
+def pixel_plan(source: str, revision: str | None) -> PixelPlan:
+    """The plan the decode stage applies (from the processor files alone)."""
+    return settings_plan(MplugOwl2Processor.from_pretrained(
+        processor_folder(source, revision)).image_settings)
 
 
 def load(cfg: ModelConfig, source: str, device: str, dtype: torch.dtype) -> MplugOwl2Runtime:
@@ -124,12 +151,21 @@ class MplugOwl2Runtime(LoadedModel):
             return f"model type {FAMILY!r} is not verified for it"
         return None
 
-    def preprocess_images(self, images: list[np.ndarray]) -> torch.Tensor:
-        """Expand to square, CLIP resize and normalise: float32 (n, 3, S, S)."""
-        return self.processor.preprocess_images(images)
+    def _pixel_plan(self) -> PixelPlan | None:
+        return settings_plan(self.processor.image_settings)
 
-    def image_pixels(self, processed: torch.Tensor) -> torch.Tensor:
+    def preprocess_images(self, images: list[np.ndarray]) -> Any:
+        """Expand to square, CLIP resize and normalise: float32 (n, 3, S, S); only a view for
+        images the decode stage already brought to that geometry."""
+        ready = ready_pixels(self.pixel_plan, images)
+        return ready if ready is not None else self.processor.preprocess_images(images)
+
+    def image_pixels(self, processed: Any) -> torch.Tensor:
         """The pixel batch on the device, in the model's dtype."""
+        if isinstance(processed, dict):
+            assert self.pixel_plan is not None
+            with self.stats.cpu_time("device_cpu_s"):
+                return device_pixels(self.pixel_plan, processed, self.device, self.model.dtype)
         return processed.to(self.device, self.model.dtype)
 
     def image_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:

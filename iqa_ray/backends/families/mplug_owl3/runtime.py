@@ -2,7 +2,7 @@
 ids as the Q-Debias script reads them, and forward passes (unshared path only).
 
 The backend imports this module by name for checkpoints whose ``model_type`` is ``mplugowl3``
-(``iqa_ray.backends.transformers.runtime.NATIVE_FAMILIES``) and calls :func:`load`.
+(``iqa_ray.backends.transformers.checkpoint.NATIVE_FAMILIES``) and calls :func:`load`.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class MplugOwl3Runtime(LoadedModel):
     Attributes:
         options: the processor options of this run (``model.options``).
     """
+
+    text_depends_on_image_sizes = True  # each image's cut grid is written into the prompt
 
     def __init__(
         self,
