@@ -2,7 +2,9 @@
 
 Without --labels, anchors are chosen by the quantiles of a baseline method's scores on a sample
 of the config's input. The set is written to --output, or to the `anchors` URI of the config's
-compare2score method. Runs on an embedded local Ray, or via `ray job submit`.
+compare2score method. Runs on an embedded local Ray, or via `ray job submit`. With
+`--official FOLDER` (anchor_0..anchor_4 exported from the reference's anchor dataset) it writes
+the official set with the reference's hard-coded P_a: no model, no Ray, --config optional.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from iqa_ray.scoring.config import RunConfig
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML run configuration (model, storage)")
+    parser.add_argument("--config", help="YAML run configuration (model, storage)")
+    parser.add_argument("--official", metavar="FOLDER",
+                        help="the reference's five anchors (anchor_0..anchor_4): official set")
     parser.add_argument("--labels", help="CSV/Parquet with uri, mos[, mos_std] columns")
     parser.add_argument("--output", help="anchor set URI (default: the method's `anchors`)")
     parser.add_argument("--alpha", type=int, default=5, help="number of anchors")
@@ -33,6 +37,10 @@ def main() -> int:
                         help="override a config field (repeatable)")
     parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else a local Ray)")
     args = parser.parse_args()
+    if args.official:
+        return official(args)
+    if not args.config:
+        parser.error("--config is required (unless --official with --output)")
     try:
         from iqa_ray.methods.compare2score.build import AnchorBuildSpec, build_anchors
 
@@ -54,6 +62,30 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"uri": uri, "anchors": [a.source_uri for a in anchor_set.anchors],
+                      "matrix": anchor_set.matrix.round(4).tolist()}, indent=2))
+    return 0
+
+
+def official(args: argparse.Namespace) -> int:
+    """The official anchor set from the user's copy of the reference's anchors (no model)."""
+    from iqa_ray.methods.compare2score.build import AnchorBuildSpec, AnchorRun, comparison_setup
+    from iqa_ray.methods.compare2score.official import write_official_anchor_set
+
+    try:
+        if args.config:
+            cfg = RunConfig.from_yaml(args.config, args.set)
+            spec = AnchorBuildSpec(output=args.output, method=args.method)
+            _, output, options = comparison_setup(AnchorRun.of(cfg), spec)
+        elif args.output:
+            output, options = args.output, {}
+        else:
+            raise ConfigError("--official needs --output or a --config with a compare2score method")
+        anchor_set = write_official_anchor_set(args.official, output, options)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"uri": output, "anchors": [a.source_uri for a in anchor_set.anchors],
+                      "sha256": [a.sha256 for a in anchor_set.anchors],
                       "matrix": anchor_set.matrix.round(4).tolist()}, indent=2))
     return 0
 

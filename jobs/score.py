@@ -35,9 +35,9 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     if args.list_models:
-        from iqa_ray.backends.catalogue import catalogue_table
+        from iqa_ray.backends.catalogue import supported_checkpoints
 
-        print(catalogue_table())
+        print(supported_checkpoints(markers=False))
         return 0
     if not args.config:
         print("error: --config is required (or --list-models)", file=sys.stderr)

@@ -29,6 +29,7 @@ from iqa_ray.analysis.scores import (
     methods_of,
     valid_scores,
 )
+from iqa_ray.analysis.splits import parse_split_keys, split_markdown, split_medians, split_metrics
 from iqa_ray.errors import ConfigError, RowError
 from iqa_ray.schema import Col
 from iqa_ray.settings import StrictModel
@@ -62,6 +63,11 @@ class EvaluateJobConfig(StrictModel):
     seed: int = Field(0, description="Bootstrap seed.")
     plots: bool = Field(
         True, description="Write PNG plots (needs `pip install 'iqa_ray[report]'`)."
+    )
+    splits: list[str] = Field(
+        default_factory=list,
+        description="Test-split files (one image key per line, or the references' test JSONs): "
+        "adds the papers' protocol, the median over splits of SRCC, PLCC and logistic PLCC.",
     )
 
 
@@ -180,8 +186,26 @@ def markdown_table(table: pd.DataFrame, with_group: bool) -> str:
     return "\n".join(lines)
 
 
+def read_splits(job: EvaluateJobConfig) -> dict[str, list[str]]:
+    """Each split file's keys, named by its file name (its position when names repeat)."""
+    names = [uri.rstrip("/").rsplit("/", 1)[-1] for uri in job.splits]
+    unique = len(set(names)) == len(names)
+    splits = {}
+    for k, uri in enumerate(job.splits):
+        try:
+            text = io.read_bytes(uri, job.scores.storage_options).decode("utf-8")
+        except RowError as exc:
+            raise ConfigError(f"cannot read split {uri!r}: {exc.message}") from exc
+        splits[names[k] if unique else f"{k}:{names[k]}"] = parse_split_keys(text)
+    return splits
+
+
 def render_report(
-    job: EvaluateJobConfig, table: pd.DataFrame, info: dict[str, Any], images: list[str]
+    job: EvaluateJobConfig,
+    table: pd.DataFrame,
+    info: dict[str, Any],
+    images: list[str],
+    medians: pd.DataFrame | None = None,
 ) -> str:
     """``report.md``: provenance, the label join, the side-by-side table, groups, plots."""
     overall = table[table["group"] == ALL_GROUP]
@@ -203,6 +227,11 @@ def render_report(
     if job.group_by is not None:
         grouped = table[table["group"] != ALL_GROUP]
         parts += [f"## Per `{job.group_by}`", markdown_table(grouped, with_group=True)]
+    if medians is not None:
+        parts += ["## Test splits (the papers' protocol)",
+                  f"Median over {len(job.splits)} test splits of each metric computed on that "
+                  "split's images alone (per-split values in `splits.parquet`).",
+                  split_markdown(medians)]
     if images:
         parts += ["## Plots", *(f"![{name}]({name})" for name in images)]
     return "\n\n".join(parts) + "\n"
@@ -211,6 +240,10 @@ def render_report(
 def plot_name(method: str) -> str:
     """File name of a method's scatter plot (characters outside [A-Za-z0-9._-] become _)."""
     return f"scatter_{re.sub(r'[^A-Za-z0-9._-]+', '_', method)}.png"
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return table.astype(object).where(table.notna(), None).to_dict("records")  # NaN -> null
 
 
 @dataclass(frozen=True)
@@ -239,6 +272,12 @@ def run_evaluation(job: EvaluateJobConfig) -> EvaluationOutcome:
     table = metrics_table(frame, methods, job.group_by, job.n_boot, job.seed)
     uri = io.join(job.scores.output, "evaluations", job.name)
     io.write_parquet_atomic(io.join(uri, "metrics.parquet"), pa.Table.from_pandas(table), opts)
+    medians = None
+    if job.splits:
+        per_split = split_metrics(frame, methods, read_splits(job))
+        io.write_parquet_atomic(io.join(uri, "splits.parquet"), pa.Table.from_pandas(per_split),
+                                opts)
+        medians = split_medians(per_split)
     images: list[str] = []
     if job.plots:
         scores = {m: valid_scores(frame, m) for m in methods}
@@ -249,16 +288,18 @@ def run_evaluation(job: EvaluateJobConfig) -> EvaluationOutcome:
             io.write_bytes_atomic(io.join(uri, name), data, opts)
         images = list(pngs)
     io.write_bytes_atomic(
-        io.join(uri, "report.md"), render_report(job, table, info, images).encode(), opts
+        io.join(uri, "report.md"), render_report(job, table, info, images, medians).encode(), opts
     )
     html = report_post.evaluation_page(job.name, info, table,
                                        {m: valid_scores(frame, m) for m in methods}, frame[MOS],
                                        job.scores.runs, job.labels.uri)
     images.append(report_post.write_page_name(uri, html, opts))
-    records = table.astype(object).where(table.notna(), None).to_dict("records")  # NaN -> null
     summary = {"name": job.name, "runs": job.scores.runs, "labels": job.labels.uri, "match": info,
                "methods": methods, "files": ["metrics.parquet", "report.md", *images],
-               "metrics": records}  # fmt: skip
+               "metrics": _records(table)}  # fmt: skip
+    if medians is not None:
+        summary.update(split_medians=_records(medians), splits=job.splits)
+        summary["files"].append("splits.parquet")
     io.write_json_atomic(io.join(uri, "summary.json"), summary, opts)  # written last
     logger.info(
         "evaluation %s: %d images with labels, %d methods -> %s",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -104,6 +106,11 @@ class ForwardStats:
         tokens: language-model tokens computed (no padding, no reused prefix).
         padded_tokens: token slots computed, padding included.
         images_encoded: images run through the vision encoder.
+        cpu_s: process CPU seconds spent in ``next_token_logits`` (all threads).
+        device_cpu_s: the part of ``cpu_s`` spent in device work: model calls (vision encoder,
+            language model), the embedding lookup and pixel normalisation (on a CPU device the
+            compute itself; on a GPU, kernel launches). The rest is host work that leaves a
+            GPU waiting: preprocessing, rendering, tokenizing, planning.
     """
 
     prompts: int = 0
@@ -111,16 +118,33 @@ class ForwardStats:
     tokens: int = 0
     padded_tokens: int = 0
     images_encoded: int = 0
+    cpu_s: float = 0.0
+    device_cpu_s: float = 0.0
 
-    def add(self, **counts: int) -> None:
+    def add(self, **counts: float) -> None:
         """Add to the named counters."""
         for name, value in counts.items():
-            setattr(self, name, getattr(self, name) + int(value))
+            current = getattr(self, name)
+            setattr(self, name, current + type(current)(value))
+
+    @contextmanager
+    def cpu_time(self, counter: str) -> Iterator[None]:
+        """Add the process CPU time of the ``with`` block to ``counter``."""
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.add(**{counter: time.process_time() - start})
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of computed token slots that were padding."""
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
     def reset(self) -> None:
         """Zero every counter."""
-        for name in asdict(self):
-            setattr(self, name, 0)
+        for name, value in asdict(self).items():
+            setattr(self, name, type(value)(0))
 
     def as_dict(self) -> dict[str, Any]:
         """The counters as a plain dict."""

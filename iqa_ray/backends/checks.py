@@ -138,8 +138,7 @@ def _native_family(have: set[str], read: Callable[[str], bytes]) -> bool:
     if "config.json" not in have:
         return False
     model_type = json.loads(read("config.json")).get("model_type", "")
-    # Imported only on this path (a folder without a processor config): it loads torch.
-    from iqa_ray.backends.transformers.runtime import NATIVE_FAMILIES
+    from iqa_ray.backends.transformers.checkpoint import NATIVE_FAMILIES  # no torch import
 
     return model_type in NATIVE_FAMILIES
 

@@ -61,7 +61,9 @@ class ModelConfig(StrictModel):
         default_factory=dict,
         description="Backend-specific options, validated by the backend: `vllm`: keyword "
         "arguments for `vllm.LLM` (e.g. {gpu_memory_utilization: 0.85}); `fake`: failure "
-        "injection for tests (`iqa_ray.backends.fake.FakeOptions`); `transformers`: none.",
+        "injection for tests (`iqa_ray.backends.fake.FakeOptions`); `transformers`: options of a "
+        "native family (`iqa_ray.backends.family_options`, e.g. mPLUG-Owl3's `pair_cut_shapes`, "
+        "`drop_last_assistant_content`); they change results and are in the run fingerprint.",
     )
 
     _check_options = field_validator("storage_options")(check_storage_options)
@@ -90,7 +92,7 @@ class ModelConfig(StrictModel):
                 )
                 raise ValueError(f"fake backend {problems}") from None
         elif self.backend == "transformers" and self.options:
-            raise ValueError(
-                f"model.options {sorted(self.options)}: the transformers backend takes none"
-            )
+            from iqa_ray.backends.family_options import check_options
+
+            check_options(self.options)  # per model_type again at load, when it is known
         return self

@@ -97,6 +97,10 @@ class FakeBackend:
     def check_words(self, templates: list[Prompt]) -> None:
         """Every word is acceptable to the fake backend."""
 
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """No preprocessing to move: the image as it is."""
+        return image
+
     def next_token_logits(self, prompts: list[Prompt]) -> list[np.ndarray | RowError]:
         """Deterministic logits in [-4, 4]; brighter, busier images get higher first words."""
         self._calls += 1

@@ -71,3 +71,7 @@ class VlmBackend(Protocol):
 
     def next_token_logits(self, prompts: list[Prompt]) -> list[np.ndarray | RowError]:
         """Logits (float64, one per word) of each prompt, or a RowError for a failed prompt."""
+
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """An image a method keeps for the whole run (an anchor), brought once to what the
+        model's preprocessing would make of it, where that is exact (else unchanged)."""

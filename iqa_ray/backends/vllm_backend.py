@@ -93,7 +93,7 @@ class VllmBackend:
         from transformers import AutoProcessor
 
         from iqa_ray.backends.sources import resolve_model_source
-        from iqa_ray.backends.transformers.runtime import model_type
+        from iqa_ray.backends.transformers.checkpoint import model_type
         from iqa_ray.backends.transformers.text import PromptText
 
         source = resolve_model_source(cfg)
@@ -116,13 +116,17 @@ class VllmBackend:
         self.llm = vllm.LLM(model=source, dtype=dtype, **kwargs, **options)
         self._params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
 
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """vLLM preprocesses inside its engine: the image as it is."""
+        return image
+
     def check_words(self, templates: list[Prompt]) -> None:
         """Resolve every word of these prompt shapes (as the transformers backend does)."""
         self._text.check_words(templates)
 
     def next_token_logits(self, prompts: list[Prompt]) -> list[np.ndarray | RowError]:
         """Log-probabilities of each prompt's words (see the module docstring)."""
-        texts = [self._text.render(p) for p in prompts]
+        texts = [self._text.text(p) for p in prompts]
         word_ids = [
             [self._text.word_id(t, w) for w in p.words] for p, t in zip(prompts, texts, strict=True)
         ]

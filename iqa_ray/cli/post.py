@@ -62,6 +62,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML evaluate job (see jobs/configs/evaluate.yaml)")
     _common(parser, "evaluations")
     parser.add_argument("--labels", help="label file (sets labels.uri)")
+    parser.add_argument("--split", action="append", default=[],
+                        help="test-split file of image keys (repeatable): adds the median over "
+                        "splits (the papers' protocol)")
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -70,14 +73,22 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from iqa_ray.analysis.scores import ALL_GROUP
 
     try:
-        job = load_config(EvaluateJobConfig, args.config,
-                          _overrides(args, **{"labels.uri": args.labels}))
+        job = load_config(EvaluateJobConfig, args.config, _overrides(
+            args, **{"labels.uri": args.labels, "splits": args.split or None}))
         setup_logging(f"evaluate/{job.name}")
         outcome = run_evaluation(job)
     except (ConfigError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_table(outcome.table[outcome.table["group"] == ALL_GROUP], with_group=False))
+    if "split_medians" in outcome.summary:
+        import pandas as pd
+
+        from iqa_ray.analysis.splits import split_markdown
+
+        medians = pd.DataFrame(outcome.summary["split_medians"])
+        print(f"\nMedian over {len(outcome.summary['splits'])} test splits:")
+        print(split_markdown(medians))
     print(f"report: {outcome.uri}/report.md\nreport: {outcome.uri}/report.html")
     return 0
 
@@ -103,9 +114,9 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 def run_models_command(args: argparse.Namespace) -> int:
     """Print the model catalogue (``model.preset`` names)."""
-    from iqa_ray.backends.catalogue import catalogue_table
+    from iqa_ray.backends.catalogue import supported_checkpoints
 
-    print(catalogue_table())
+    print(supported_checkpoints(markers=False))
     return 0
 
 

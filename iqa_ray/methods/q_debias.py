@@ -6,6 +6,7 @@ Maths (pure, table-tested) first, then the parameter model, then the method wiri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -15,7 +16,7 @@ from pydantic import Field, field_validator, model_validator
 from iqa_ray.backends.prompt import Prompt
 from iqa_ray.distortions import get_distortion
 from iqa_ray.errors import ConfigError
-from iqa_ray.methods.base import ImageBatch, MethodParams, VariantSpec, VlmMethod
+from iqa_ray.methods.base import ImageBatch, MethodContext, MethodParams, VariantSpec, VlmMethod
 from iqa_ray.methods.registry import register_method
 from iqa_ray.methods.rules import binary_probability, softmax
 from iqa_ray.settings import StrictModel
@@ -26,6 +27,33 @@ QUALITY_QUESTION = (
     "second image. Good or poor?"
 )
 Weighting = Literal["softmax_of_probabilities", "normalized"]
+
+
+@dataclass(frozen=True)
+class FamilyConventions:
+    """How the reference script for a model family words the Q-Debias prompts (pure data).
+
+    Attributes:
+        layout: the user turn, with one ``{image}`` marker per image ([prior, query]) and
+            ``{question}``; None: the backend places the images before the question its own way.
+    """
+
+    layout: str | None = None
+
+    def user_turn(self, question: str) -> str | None:
+        """``Prompt.layout`` for a question (None: the backend's default placement)."""
+        return None if self.layout is None else self.layout.replace("{question}", question)
+
+
+# By the backend's ``family`` (the checkpoint's model_type). Words and answers are the same for
+# every family: the capitalised Yes/No and Good/Poor, and no answer prefix, because the
+# reference's quality turn "The quality of the image is " is dropped by its processor (inference
+# mode), so the words it reads are the first of the assistant turn.
+FAMILY_CONVENTIONS: dict[str, FamilyConventions] = {
+    # QDebias_mPLUG.py (github.com/BarryPan12138/Q-Debias @ b0698dc): "<|image|><|image|> <q>".
+    "mplugowl3": FamilyConventions(layout="{image}{image} {question}"),
+}
+DEFAULT_CONVENTIONS = FamilyConventions()
 
 # ---------------------------------------------------------------------------------- maths
 
@@ -117,7 +145,13 @@ class QDebiasParams(MethodParams):
     answer_prefix: str = Field(
         "", description="Pre-filled assistant text of the quality prompt (paper: none)."
     )
-    temperature: float = Field(100.0, gt=0, description="Temperature of both binary softmaxes.")
+    temperature: float = Field(
+        100.0,
+        gt=0,
+        description="Temperature of both binary softmaxes: 100 as in the paper and the spec "
+        "(the reference script's softmax helper is unpublished; its fixture records T=1 and "
+        "T=100, both reproduced).",
+    )
     weighting: Weighting = Field(
         "softmax_of_probabilities",
         description="softmax_of_probabilities (paper) or normalized (w = p_yes / sum p_yes).",
@@ -164,6 +198,18 @@ class QDebias(VlmMethod):
     ``"Good"``; one ending in a non-space (LLaVA-1.5's ``"ASSISTANT:"``) reads ``" Good"``, the
     space-led token the model emits first there.
 
+    Conventions per model family (``FAMILY_CONVENTIONS``, keyed by the backend's ``family``):
+    on mPLUG-Owl3 (``mplugowl3``, the paper's model) the user turn is the script's
+    ``"<|image|><|image|> <question>"``; with the backend's default options (the checkpoint's
+    crop pairing, assistant content dropped) the model input equals the reference script's,
+    checked token for token on the tiny-mplug-owl3 fixture. Other families place the images
+    as their chat template does.
+
+    Temperature: the paper and the spec give T = 100 (the default). The script calls a
+    ``softmax(a, b)`` helper that is not published, so its temperature is unknown; the fixture
+    records ``q_pred`` at T = 1 and T = 100, and both reproduce through this method
+    (``temperature: 1`` for the former).
+
     Baseline in the same pass: ``methods: [q_debias, qbench_binary]``; one model load serves
     both, and the baseline adds 1 pass per image on the query alone.
 
@@ -188,6 +234,12 @@ class QDebias(VlmMethod):
     def __init__(self, params: dict[str, Any]) -> None:
         super().__init__(params)
         self._priors = tuple(VariantSpec(p.distortion, p.severity) for p in self.params.priors)
+        self._conventions = DEFAULT_CONVENTIONS
+
+    def bind(self, batch: ImageBatch, ctx: MethodContext) -> None:
+        """Follow the reference conventions of the loaded model's family (before prompts)."""
+        family = str(getattr(ctx.vlm, "family", ""))
+        self._conventions = FAMILY_CONVENTIONS.get(family, DEFAULT_CONVENTIONS)
 
     def variants(self) -> tuple[VariantSpec, ...]:
         """The priors, made per image by DecodeImages (seeded from the image id)."""
@@ -195,15 +247,19 @@ class QDebias(VlmMethod):
 
     def prompts(self, batch: ImageBatch, row: int) -> list[Prompt]:
         """Per prior: similarity then conditional quality, on [prior, query]."""
-        p = self.params
+        p, conv = self.params, self._conventions
         image_id = int(batch.image_ids[row])
         query = batch.query[row]
+        similarity = conv.user_turn(p.similarity_question)
+        quality = conv.user_turn(p.quality_question)
         out: list[Prompt] = []
         for variant in self._priors:
             images = (batch.variants[variant.key][row], query)
             keys = (f"{image_id}:{variant.key}", str(image_id))
-            out.append(Prompt(images, p.similarity_question, "", p.similarity_words, keys))
-            out.append(Prompt(images, p.quality_question, p.answer_prefix, p.quality_words, keys))
+            out.append(Prompt(images, p.similarity_question, "", p.similarity_words, keys,
+                              similarity))
+            out.append(Prompt(images, p.quality_question, p.answer_prefix, p.quality_words, keys,
+                              quality))
         return out
 
     def reduce(self, logits: list[np.ndarray]) -> dict[str, Sequence[Any]]:

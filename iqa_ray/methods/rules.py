@@ -7,6 +7,7 @@ import numpy as np
 from scipy.special import expit
 
 LEVEL_WEIGHTS_1_5 = np.array([5.0, 4.0, 3.0, 2.0, 1.0])  # excellent, good, fair, poor, bad
+LEVEL_WEIGHTS_0_1 = np.array([1.0, 0.75, 0.5, 0.25, 0.0])  # Q-Align scorer.py's 0..1 scale
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0, axis: int = -1) -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.family_options import result_options
 from iqa_ray.errors import ConfigError
 from iqa_ray.images import ImageConfig
 from iqa_ray.inputs.config import InputConfig
@@ -87,6 +88,12 @@ class StagesConfig(StrictModel):
     fetch: StageResources = StageResources(batch_size=16, max_actors=4, num_cpus=0.5)
     decode: StageResources = StageResources(batch_size=8, max_actors=4, num_cpus=1.0)
     score: StageResources = StageResources(batch_size=8, min_actors=1, max_actors=1)
+    model_pixels_on_decode: bool = Field(
+        True,
+        description="Run the model's image resize and crop on the CPU decode stage (only where "
+        "its preprocessing splits exactly: same pixels as the processor); the score actor then "
+        "only normalises on the device.",
+    )
 
 
 class RunConfig(StrictModel):
@@ -158,6 +165,12 @@ class RunConfig(StrictModel):
         """
         model = self.model.model_dump(include={"id", "revision", "backend", "dtype", "word_policy"})
         model["max_image_side"] = self.image.max_side
+        if self.model.backend == "transformers" and self.model.options:
+            # A native family's prompt options; absent when none differ from the defaults, so
+            # earlier runs keep their fingerprint.
+            options = result_options(self.model.options)
+            if options:
+                model["options"] = options
         return {
             "input": self.input.model_dump(include={"uri", "manifest", "manifest_uri_column"}),
             "model": model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -51,6 +52,27 @@ def needed_variants(methods: list[tuple[str, ScoringMethod]]) -> list[VariantSpe
     return list(seen.values())
 
 
+def model_geometry(
+    cfg: RunConfig, methods: list[tuple[str, ScoringMethod]]
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The model's own resize and crop for the decode stage, or None: off in the config, a
+    method that reads the images itself (not through the shared VLM), a backend other than
+    transformers, or a model whose preprocessing does not split exactly (tiling by aspect)."""
+    if not cfg.stages.model_pixels_on_decode or cfg.model.backend != "transformers":
+        return None
+    if not all(method.uses_vlm for _, method in methods):
+        return None
+    from iqa_ray.backends.transformers.pixels import load_pixel_plan
+
+    try:
+        plan = load_pixel_plan(cfg.model)
+    except Exception as exc:  # the score actor reports a model that cannot load, properly
+        logger.warning("model geometry not available to the decode stage (%s: %s); images are "
+                       "resized in the score actor", type(exc).__name__, exc)
+        return None
+    return plan.geometry if plan is not None else None
+
+
 class FetchImages:
     """CPU stage: read each object's bytes (threaded: storage reads are latency-bound)."""
 
@@ -87,25 +109,32 @@ class FetchImages:
 
 
 class DecodeImages:
-    """CPU stage: decode, resize to the model budget, and make every variant (prior) image."""
+    """CPU stage: decode, resize to the model budget, make every variant (prior) image and,
+    where the model's preprocessing splits exactly, bring every image to the model's input
+    geometry (``stages.model_pixels_on_decode``), so the score actor does no per-image resize.
+    """
 
     requires = (Col.IMAGE_ID, Col.BYTES, Col.ERROR_CODE, Col.ERROR_MESSAGE)
 
     def __init__(self, cfg: RunConfig) -> None:
         self._cfg = cfg
-        self._variants = needed_variants(run_methods(cfg))
+        methods = run_methods(cfg)
+        self._variants = needed_variants(methods)
+        self._geometry = model_geometry(cfg, methods)
 
     def _one(self, image_id: int, data: bytes) -> dict[str, Any]:
         image, (height, width) = load_image(data, self._cfg.image)
-        out: dict[str, Any] = {Col.IMAGE: image, Col.HEIGHT: height, Col.WIDTH: width}
+        images = {Col.IMAGE: image}
         for variant in self._variants:
             try:
-                out[variant_column(variant.key)] = apply_distortion(
+                images[variant_column(variant.key)] = apply_distortion(
                     image, variant.distortion, variant.severity, seed_key=image_id
                 )
             except Exception as exc:  # a prior that cannot be made fails this row only
                 raise RowError(ErrorCode.DISTORT_FAILED, f"{variant.key}: {exc}") from exc
-        return out
+        if self._geometry is not None:  # after the priors: they are made at image.max_side
+            images = {column: self._geometry(im) for column, im in images.items()}
+        return {**images, Col.HEIGHT: height, Col.WIDTH: width}
 
     def __call__(self, batch: Batch) -> Batch:
         check_columns(batch, self.requires, type(self).__name__)

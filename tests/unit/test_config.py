@@ -61,7 +61,9 @@ def test_unknown_key_names_dotted_path(changes: dict[str, Any], path: str) -> No
 def test_backend_options_validated_by_the_backend() -> None:
     message = config_error(model={"backend": "fake", "options": {"fail_after": 3}})
     assert "model" in message and "options.fail_after: Extra inputs are not permitted" in message
-    assert "takes none" in config_error(model={"options": {"gpu_memory_utilization": 0.8}})
+    message = config_error(model={"options": {"gpu_memory_utilization": 0.8}})
+    assert "unknown transformers option(s) ['gpu_memory_utilization']" in message
+    assert "'mplugowl3': ['drop_last_assistant_content', 'pair_cut_shapes']" in message
     assert make(model={"backend": "vllm", "options": {"gpu_memory_utilization": 0.8}})
 
 

@@ -423,6 +423,7 @@ def test_expansion_mismatch_disables_sharing(backend: TransformersBackend, caplo
         return [t + " extra" for t in expanded], offsets  # the shared path's call: skewed
 
     runner.encoder._checked = False
+    runner.encoder._ids.clear()  # no remembered tokenization: the skewed one must run
     processor.get_text_with_replacements = skewed
     try:
         with caplog.at_level("INFO", logger="iqa_ray.backends.transformers.shared"):

@@ -4,6 +4,6 @@ DeQA-Score; ``mplug_owl3``: Q-Debias). Never executes remote code; ``auto_map`` 
 
 Each family package holds its config, model and processor, and a ``runtime`` module that the
 transformers backend loads by name for the checkpoint's ``model_type`` (the table is
-``iqa_ray.backends.transformers.runtime.NATIVE_FAMILIES``). Importing this package pulls in
+``iqa_ray.backends.transformers.checkpoint.NATIVE_FAMILIES``). Importing this package pulls in
 neither torch nor transformers.
 """

@@ -70,7 +70,7 @@ class TransformersBackend:
         if rt.max_tokens_per_batch is not None:
             probe = Prompt((np.zeros((32, 32, 3), np.uint8),), "?", "", ("x",))
             try:
-                rt.estimate_tokens(probe, rt.render(probe))
+                rt.estimate_tokens(probe, rt.text(probe))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from exc
 
@@ -88,7 +88,7 @@ class TransformersBackend:
     # ---- the VlmBackend protocol -----------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
         """Chat-template text of a prompt (see :class:`~.text.PromptText`)."""
-        return self.rt.render(prompt)
+        return self.rt.text(prompt)
 
     def word_id(self, text: str, word: str) -> int:
         """Token id of ``word`` right after ``text``."""
@@ -97,6 +97,12 @@ class TransformersBackend:
     def estimate_tokens(self, prompt: Prompt, text: str) -> int:
         """Sequence length of a prompt (what the token budget plans with)."""
         return self.rt.estimate_tokens(prompt, text)
+
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """The model's own resize and crop of an image kept for the run (an anchor), done
+        once; unchanged where the model's preprocessing has no exact split."""
+        plan = self.rt.pixel_plan
+        return plan.geometry(image) if plan is not None else image
 
     def check_words(self, templates: list[Prompt]) -> None:
         """Resolve the words of every prompt shape now, so a bad word fails the actor at start."""
@@ -108,9 +114,11 @@ class TransformersBackend:
         Shared prefixes and repeated images are computed once when ``prefix_sharing`` is on
         and the model type is verified for it; else every prompt runs in full.
         """
-        if self.prefix_sharing and self._shared is not None and self._shared.enabled and prompts:
-            return self._shared.run(prompts)
-        return self._unshared.run(prompts)
+        shared = self.prefix_sharing and self._shared is not None and self._shared.enabled
+        with self.rt.stats.cpu_time("cpu_s"):
+            if shared and prompts:
+                return self._shared.run(prompts)
+            return self._unshared.run(prompts)
 
     def unshared_logits(self, prompts: list[Prompt]) -> list[np.ndarray | RowError]:
         """The unshared path: one full sequence per prompt, batched with left padding."""

@@ -3,9 +3,11 @@
 Each distinct image (by ``Prompt.image_keys``, checked against the pixels, or by content hash)
 is preprocessed and run through the vision encoder once, into a feature bank; CPU
 preprocessing of the next chunk of images overlaps the encoder on the GPU. Every prompt is
-rendered, its image placeholders expanded with the processor's own ``replace_image_token``,
-tokenized, and each token given an identity (``prefix.token_keys``). Once per backend, the
-expansion is checked against the processor's own output for one prompt.
+rendered, its image placeholders expanded, tokenized, and each token given an identity
+(``prefix.token_keys``). Once per backend, the expansion is checked against the processor's own
+output for one prompt. The model-specific steps are hooks of the loaded model
+(``LoadedModel.preprocess_images``, ``image_features``, ``shared_token_ids``, ...): the generic
+family uses the processor's ``replace_image_token``, a native family its own rule.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ class EncodedPrompt:
 class PromptEncoder:
     """Turns a call's prompts into a feature bank and token identities (see module doc)."""
 
+    _MEMO_SIZE = 4096
+
     def __init__(self, rt: LoadedModel) -> None:
         self.rt = rt
         self._checked = False
-
-    def _preprocess(self, images: list[np.ndarray]) -> Any:
-        return self.rt.processor.image_processor(images, return_tensors="pt")
+        # (rendered text, its images' placeholder texts) -> token ids: a call repeats a few
+        # prompt shapes many times, and their expanded texts are long to tokenize.
+        self._ids: dict[tuple[str, tuple[str, ...]], list[int]] = {}
 
     def _encode(self, arrays: list[np.ndarray]) -> tuple[Any, list[range], list[str]]:
         """Feature bank of the distinct images, each image's rows in it, its placeholder text."""
@@ -53,25 +57,17 @@ class PromptEncoder:
         chunks = [arrays[i : i + b.batch_size] for i in range(0, len(arrays), b.batch_size)]
         features: list[Any] = []
         texts: list[str] = []
-        for processed in prefetch_map(self._preprocess, chunks, overlap=b.device == "cuda"):
-            n = len(processed["pixel_values"])
-            texts.extend(b.processor.replace_image_token(processed, image_idx=k) for k in range(n))
-            pixels = processed["pixel_values"].to(b.device, b.model.dtype)
-            features.extend(
-                run_halving(
-                    list(range(n)),
-                    lambda idx, p=pixels: self._vision(p[idx]),
-                    is_out_of_memory,
-                    lambda _: b.free_memory(),
-                )
+        for processed in prefetch_map(b.preprocess_images, chunks, overlap=b.device == "cuda"):
+            pixels = b.image_pixels(processed)
+            chunk = run_halving(
+                list(range(len(pixels))),
+                lambda idx, p=pixels: self._vision(p[idx]),
+                is_out_of_memory,
+                lambda _: b.free_memory(),
             )
+            texts.extend(b.image_placeholders(processed, [int(f.shape[0]) for f in chunk]))
+            features.extend(chunk)
         sizes = [int(f.shape[0]) for f in features]
-        for text, size in zip(texts, sizes, strict=True):
-            if text.count(b.processor.image_token) != size:
-                raise ValueError(
-                    f"placeholder text has {text.count(b.processor.image_token)} "
-                    f"image tokens for {size} features"
-                )
         starts = np.cumsum([0, *sizes]).tolist()
         rows = [range(starts[k], starts[k + 1]) for k in range(len(sizes))]
         hidden = b.model.get_input_embeddings().weight.shape[1]
@@ -80,17 +76,34 @@ class PromptEncoder:
 
     def _vision(self, pixels: Any) -> list[Any]:
         self.rt.stats.add(images_encoded=len(pixels))
-        return list(self.rt.model.get_image_features(pixel_values=pixels).pooler_output)
+        with self.rt.stats.cpu_time("device_cpu_s"):
+            return self.rt.image_features(pixels)
+
+    def _token_ids(
+        self, texts: list[str], slots: list[list[int]], placeholder: list[str]
+    ) -> list[list[int]]:
+        """Token ids of each prompt (image slots marked), tokenizing each distinct
+        (text, placeholders) once and remembering it across calls."""
+        if not self.rt.memo:
+            return self.rt.shared_token_ids(texts, [placeholder[k] for row in slots for k in row])
+        keys = [(text, tuple(placeholder[k] for k in row)) for text, row in zip(
+            texts, slots, strict=True)]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._ids))
+        if missing:
+            if len(self._ids) + len(missing) > self._MEMO_SIZE:
+                self._ids.clear()
+            ids = self.rt.shared_token_ids([t for t, _ in missing],
+                                           [p for _, ps in missing for p in ps])
+            self._ids.update(zip(missing, ids, strict=True))
+        return [self._ids[k] for k in keys]
 
     def encode(self, prompts: Sequence[Prompt]) -> tuple[Any, list[EncodedPrompt]]:
         """The feature bank of the call's distinct images and every prompt, tokenized."""
         arrays, slots = dedupe_images(prompts)
         bank, rows, placeholder = self._encode(arrays)
-        texts = [self.rt.render(p) for p in prompts]
-        replacements = [placeholder[k] for row in slots for k in row]
-        expanded, _ = self.rt.processor.get_text_with_replacements(list(texts), replacements)
-        ids = self.rt.tokenizer(expanded)["input_ids"]
-        image_token_id = self.rt.processor.image_token_id
+        texts = [self.rt.text(p) for p in prompts]
+        ids = self._token_ids(texts, slots, placeholder)
+        image_token_id = self.rt.image_token_id
         encoded = [
             EncodedPrompt(
                 text, p.words, token_keys(seq, image_token_id, [r for k in row for r in rows[k]])
@@ -106,9 +119,7 @@ class PromptEncoder:
     ) -> None:
         """Once per backend: our expansion must give the processor's own token ids."""
         i = next((k for k, p in enumerate(prompts) if p.images), 0)
-        ref = self.rt.processor(
-            text=[texts[i]], images=[list(prompts[i].images)] if prompts[i].images else None
-        )
+        ref = self.rt.reference_token_ids(prompts[i], texts[i])
         self._checked = True
-        if list(ref["input_ids"][0]) != list(ids[i]):
+        if [int(t) for t in ref] != [int(t) for t in ids[i]]:
             raise ExpansionMismatch("placeholder expansion differs from the processor's")

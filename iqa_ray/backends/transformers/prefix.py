@@ -82,19 +82,15 @@ def token_keys(ids: Sequence[int], image_token_id: int, image_rows: Sequence[int
     Raises:
         ValueError: the number of placeholders differs from ``len(image_rows)``.
     """
-    rows = iter(image_rows)
-    keys = []
-    for token in ids:
-        if token == image_token_id:
-            row = next(rows, None)
-            if row is None:
-                raise ValueError("more image placeholders than image features")
-            keys.append(image_key(row))
-        else:
-            keys.append(int(token))
-    if next(rows, None) is not None:
+    keys = np.asarray(ids, dtype=np.int64)
+    slots = keys == image_token_id
+    found = int(slots.sum())
+    if found > len(image_rows):
+        raise ValueError("more image placeholders than image features")
+    if found < len(image_rows):
         raise ValueError("fewer image placeholders than image features")
-    return keys
+    keys[slots] = -(1 + np.asarray(image_rows, dtype=np.int64))  # image_key, vectorised
+    return keys.tolist()
 
 
 def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

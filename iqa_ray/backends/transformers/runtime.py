@@ -2,15 +2,15 @@
 limits, the work counters, prompt text, model inputs, token estimates and freeing memory.
 
 ``LoadedModel`` is the generic family (``AutoModelForImageTextToText`` + ``AutoProcessor`` with
-a chat template). A checkpoint whose ``model_type`` is in :data:`NATIVE_FAMILIES` is loaded by
-that family's ``runtime.load(cfg, source, device, dtype)``, which returns a subclass overriding
-the hooks below (rendering, word ids, model inputs, logits, prefix sharing). The family modules
-are imported by name, on demand: they import this module, never the other way round.
+a chat template). A checkpoint whose ``model_type`` has a native family is loaded by
+that family's ``runtime.load(cfg, source, device, dtype)`` (``checkpoint.family_runtime``), which
+returns a subclass overriding the hooks below (rendering, word ids, model inputs, logits, prefix
+sharing, pixels). Family modules are imported by name, on demand: they import this module,
+never the other way round.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import numpy as np
@@ -18,18 +18,21 @@ import torch
 
 from iqa_ray.backends.batching import ForwardStats
 from iqa_ray.backends.config import ModelConfig
+from iqa_ray.backends.family_options import options_for
 from iqa_ray.backends.prompt import Prompt
 from iqa_ray.backends.sources import resolve_model_source
+from iqa_ray.backends.transformers.checkpoint import family_runtime, model_type
+from iqa_ray.backends.transformers.pixels import (
+    PixelPlan,
+    device_pixels,
+    ready_pixels,
+    standard_plan,
+)
 from iqa_ray.backends.transformers.text import PromptText
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# model_type -> package of a native family (iqa_ray.backends.families), loaded by its runtime.
-NATIVE_FAMILIES: dict[str, str] = {
-    "mplug_owl2": "iqa_ray.backends.families.mplug_owl2",
-    "mplugowl3": "iqa_ray.backends.families.mplug_owl3",
-}
 # Model types whose shared-prefix path a test checks against the unshared one (``shared``).
-SHARING_VERIFIED = frozenset({"llava"})
+SHARING_VERIFIED = frozenset({"llava", "mplug_owl2"})
 
 
 def sharing_support(model: Any, processor: Any) -> str | None:
@@ -67,7 +70,17 @@ class LoadedModel(PromptText):
         self.batch_size = cfg.batch_size
         self.max_tokens_per_batch = cfg.max_tokens_per_batch
         self.stats = ForwardStats()
-        # Left padding keeps every row's last real token at position -1.
+        self._prepare_tokenizer()
+        self.pixel_plan = self._pixel_plan()
+
+    def _pixel_plan(self) -> PixelPlan | None:
+        """How this model's images split into CPU geometry and device normalisation (None:
+        the processor runs whole, in the score actor)."""
+        image_processor = getattr(self.processor, "image_processor", None)
+        return standard_plan(image_processor) if image_processor is not None else None
+
+    def _prepare_tokenizer(self) -> None:
+        """Left padding keeps every row's last real token at position -1."""
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -79,9 +92,10 @@ class LoadedModel(PromptText):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = _DTYPES.get(cfg.dtype) or (torch.bfloat16 if device == "cuda" else torch.float32)
         source = resolve_model_source(cfg)
-        family = NATIVE_FAMILIES.get(model_type(source, cfg.revision))
-        if family is not None:
-            runtime = importlib.import_module(f"{family}.runtime")
+        kind = model_type(source, cfg.revision)
+        options_for(kind, cfg.options)  # model.options given to a family that takes none: error
+        runtime = family_runtime(kind)
+        if runtime is not None:
             return runtime.load(cfg, source, device, dtype)
         return cls.load_generic(cfg, source, device, dtype)
 
@@ -118,7 +132,8 @@ class LoadedModel(PromptText):
 
     def last_logits(self, inputs: dict[str, Any]) -> torch.Tensor:
         """(rows, vocab) float32 logits at the last position (call under inference mode)."""
-        out = self.model(**inputs, logits_to_keep=1, use_cache=False)
+        with self.stats.cpu_time("device_cpu_s"):
+            out = self.model(**inputs, logits_to_keep=1, use_cache=False)
         return out.logits[:, -1, :].float()
 
     def free_memory(self) -> None:
@@ -164,11 +179,74 @@ class LoadedModel(PromptText):
             n -= 1
         return [n] * n_images
 
+    # ---- prefix-sharing hooks: ``encode`` and ``shared`` call these, a family overrides them --
+    def preprocess_images(self, images: list[np.ndarray]) -> Any:
+        """CPU preprocessing of distinct images (may run in a helper thread); nothing but a
+        view for images the decode stage already brought to the model's geometry."""
+        ready = ready_pixels(self.pixel_plan, images)
+        if ready is not None:
+            return ready
+        return self.processor.image_processor(images, return_tensors="pt")
 
-def model_type(source: str, revision: str | None = None) -> str:
-    """The ``model_type`` in a checkpoint's ``config.json`` (read as data: no class needed)."""
-    from transformers import PretrainedConfig
+    def image_pixels(self, processed: Any) -> torch.Tensor:
+        """The preprocessed images as one batch on the device (first axis: images)."""
+        if "uint8_images" in processed:
+            assert self.pixel_plan is not None  # set whenever ready_pixels returned a batch
+            with self.stats.cpu_time("device_cpu_s"):
+                return device_pixels(self.pixel_plan, processed, self.device, self.model.dtype)
+        pixels = processed["pixel_values"]
+        if self.device == "cuda":  # a pinned host buffer: the copy overlaps other work
+            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+        return pixels.to(self.device, self.model.dtype)
 
-    kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-    data, _ = PretrainedConfig.get_config_dict(source, **kwargs)
-    return str(data.get("model_type", ""))
+    def image_features(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Language-model inputs of each image: one (tokens, hidden) tensor per image."""
+        return list(self.model.get_image_features(pixel_values=pixels).pooler_output)
+
+    def image_placeholders(self, processed: Any, sizes: list[int]) -> list[str]:
+        """Placeholder text of each image, checked against its number of feature rows.
+
+        Raises:
+            ValueError: a placeholder text holds another number of image tokens.
+        """
+        texts = [self.processor.replace_image_token(processed, image_idx=k)
+                 for k in range(len(sizes))]
+        for text, size in zip(texts, sizes, strict=True):
+            if text.count(self.processor.image_token) != size:
+                raise ValueError(
+                    f"placeholder text has {text.count(self.processor.image_token)} "
+                    f"image tokens for {size} features"
+                )
+        return texts
+
+    def shared_token_ids(self, texts: list[str], placeholders: list[str]) -> list[list[int]]:
+        """Token ids of rendered prompts, each image slot as :attr:`image_token_id`;
+        ``placeholders`` are the prompts' images' texts in row-major order."""
+        expanded, _ = self.processor.get_text_with_replacements(list(texts), placeholders)
+        return self.tokenizer(expanded)["input_ids"]
+
+    def reference_token_ids(self, prompt: Prompt, text: str) -> list[int]:
+        """The processor's own token ids of one rendered prompt (checks the shared path)."""
+        images = [list(prompt.images)] if prompt.images else None
+        return list(self.processor(text=[text], images=images)["input_ids"][0])
+
+    @property
+    def image_token_id(self) -> int:
+        """The id marking an image slot in :meth:`shared_token_ids`."""
+        return int(self.processor.image_token_id)
+
+    @property
+    def image_embedding_id(self) -> int:
+        """A valid id embedded at image slots before their features replace it."""
+        return int(self.processor.image_token_id)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id of left-padding positions (masked out)."""
+        return int(self.tokenizer.pad_token_id)
+
+    def embeds_forward_kwargs(self, embeds: torch.Tensor, image_slots: torch.Tensor) -> dict:
+        """Model arguments of a forward from ``embeds`` (B, T, hidden) whose ``image_slots``
+        (B, T) positions hold image features."""
+        del image_slots
+        return {"inputs_embeds": embeds}

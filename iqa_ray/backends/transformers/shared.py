@@ -16,10 +16,12 @@ For one call's prompts:
 
 Images enter as input embeddings: the text tokens are embedded by the model's own embedding
 table and each image token's slot takes its bank feature, so a suffix or prefix carries exactly
-the features of the image tokens it contains. ``inputs_embeds`` is the oldest, most stable entry
-of every transformers 5.x model (the newer ``mm_encoder_outputs`` argument does not exist in
-5.17 and is then silently ignored, which would score the placeholder tokens instead of the
-images).
+the features of the image tokens it contains (the forward's arguments come from the loaded
+model's ``embeds_forward_kwargs``: a native family adds what its forward needs, e.g. the image
+positions of mPLUG-Owl2's modality-adaptive layers). ``inputs_embeds`` is the oldest, most
+stable entry of every transformers 5.x model (the newer ``mm_encoder_outputs`` argument does
+not exist in 5.17 and is then silently ignored, which would score the placeholder tokens
+instead of the images).
 
 Only model types verified by a test (``runtime.SHARING_VERIFIED``) take this path: models with
 multimodal rotary positions (Qwen2-VL's mrope), bidirectional attention over image tokens
@@ -261,15 +263,17 @@ class SharedPrefixRunner:
         ids, mask, image_slots = self._pad(seqs)
         offsets = (mask.cumsum(-1) - 1).clamp(min=0)
         positions = torch.tensor(starts, device=b.device)[:, None] + offsets
-        kwargs: dict[str, Any] = {}
-        embeds = b.model.get_input_embeddings()(ids)
         rows = [r for seq in seqs for r in bank_rows(seq)]
-        if rows:
-            # Row-major order of the slots matches the order of ``rows``.
-            features = bank[torch.tensor(rows, device=bank.device)]
-            embeds = embeds.masked_scatter(
-                image_slots[..., None].expand_as(embeds), features.to(embeds.device, embeds.dtype)
-            )
+        with b.stats.cpu_time("device_cpu_s"):  # device work: embedding, feature scatter
+            embeds = b.model.get_input_embeddings()(ids)
+            if rows:
+                # Row-major order of the slots matches the order of ``rows``.
+                features = bank[torch.tensor(rows, device=bank.device)]
+                embeds = embeds.masked_scatter(
+                    image_slots[..., None].expand_as(embeds),
+                    features.to(embeds.device, embeds.dtype),
+                )
+        kwargs = b.embeds_forward_kwargs(embeds, image_slots)
         full_mask = mask
         if prefix is not None:
             index = torch.tensor(slots, device=b.device)
@@ -278,14 +282,14 @@ class SharedPrefixRunner:
             cache.layers = [layer(k, v, index) for k, v, *_ in prefix.cache]
             kwargs["past_key_values"] = cache
             full_mask = torch.cat([prefix.mask.index_select(0, index), mask], dim=1)
-        out = b.model(
-            inputs_embeds=embeds,
-            attention_mask=full_mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **kwargs,
-        )
+        with b.stats.cpu_time("device_cpu_s"):
+            out = b.model(
+                attention_mask=full_mask,
+                position_ids=positions,
+                use_cache=True,
+                logits_to_keep=1,
+                **kwargs,
+            )
         b.stats.add(forward_calls=1, tokens=int(mask.sum()), padded_tokens=mask.numel())
         return out, mask
 
@@ -294,14 +298,16 @@ class SharedPrefixRunner:
         padded."""
         b = self.rt
         width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), b.tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(seqs), width), b.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         images = torch.zeros((len(seqs), width), dtype=torch.bool)
+        embedding_id = b.image_embedding_id
         for r, seq in enumerate(seqs):
-            row = [k if k >= 0 else b.processor.image_token_id for k in seq]
-            ids[r, width - len(seq) :] = torch.tensor(row, dtype=torch.long)
+            keys = np.asarray(seq, dtype=np.int64)
+            image = keys < 0
+            ids[r, width - len(seq) :] = torch.from_numpy(np.where(image, embedding_id, keys))
             mask[r, width - len(seq) :] = 1
-            images[r, width - len(seq) :] = torch.tensor([k < 0 for k in seq], dtype=torch.bool)
+            images[r, width - len(seq) :] = torch.from_numpy(image)
         return ids.to(b.device), mask.to(b.device), images.to(b.device)
 
 

@@ -29,7 +29,7 @@ class UnsharedRunner:
         self.rt.stats.add(prompts=len(prompts))
         not_run = RowError(ErrorCode.MODEL_ERROR, "not run")
         results: list[np.ndarray | RowError] = [not_run] * len(prompts)
-        texts = [self.rt.render(p) for p in prompts]
+        texts = [self.rt.text(p) for p in prompts]
         # Similar lengths together wastes less padding.
         order = sorted(range(len(prompts)), key=lambda i: len(texts[i]))
         for chunk in self._plan(prompts, texts, order):

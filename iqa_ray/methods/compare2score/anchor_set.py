@@ -62,6 +62,7 @@ class Calibration:
     answer_prefix: str
     words: tuple[str, ...]
     temperature: float
+    layout: str | None = None  # the filled user-turn layout (None: the backend's placement)
 
 
 @dataclass(frozen=True)

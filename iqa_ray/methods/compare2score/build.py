@@ -35,6 +35,7 @@ from iqa_ray.methods.compare2score.method import (
     Compare2ScoreParams,
     comparison_prompt,
     decode_anchors,
+    prompt_layout,
 )
 from iqa_ray.methods.compare2score.selection import (
     empty_mos_intervals,
@@ -123,7 +124,8 @@ class AnchorWorker:
         """b for every ordered pair (row i first, column j second); NaN diagonal."""
         n = len(images)
         pairs = [(i, j) for i in range(n) for j in range(n) if i != j]
-        prompts = [comparison_prompt(images[i], images[j], (keys[i], keys[j]), params)
+        layout = self.prompt_layout(params)
+        prompts = [comparison_prompt(images[i], images[j], (keys[i], keys[j]), params, layout)
                    for i, j in pairs]
         self._ctx.vlm.check_words(prompts[:1])
         outputs = self._ctx.vlm.next_token_logits(prompts)
@@ -136,6 +138,10 @@ class AnchorWorker:
         for (i, j), value in zip(pairs, b, strict=True):
             out[i, j] = value
         return out
+
+    def prompt_layout(self, params: Compare2ScoreParams) -> str | None:
+        """The comparison prompt's layout for the loaded model's family."""
+        return prompt_layout(params, self._ctx.vlm.family)
 
     def _load(self, uri: str) -> np.ndarray | None:
         run = self._run
@@ -240,10 +246,12 @@ def build_anchors(run: Any, spec: AnchorBuildSpec) -> tuple[str, AnchorSet]:
         images = decode_anchors(data, run.image)
         keys = [a.key for a in anchors]
         comparisons: np.ndarray = ray.get(worker.comparisons.remote(images, keys, params))
+        layout: str | None = ray.get(worker.prompt_layout.remote(params))
     finally:
         ray.kill(worker)
     calibration = Calibration(run.model.id, run.model.revision, params.question,
-                              params.answer_prefix, tuple(params.words), params.temperature)
+                              params.answer_prefix, tuple(params.words), params.temperature,
+                              layout)
     anchor_set = AnchorSet(anchors, anchor_matrix_from_pairs(comparisons), calibration,
                            {**selection, "alpha": spec.alpha}, comparisons)
     write_anchor_set(out_uri, anchor_set, data, out_options)

@@ -30,6 +30,7 @@ from iqa_ray.methods.compare2score.maths import (
     map_estimate_reference_adam,
     soft_comparison,
 )
+from iqa_ray.methods.conventions import check_layout, resolve_layout
 from iqa_ray.methods.registry import register_method
 from iqa_ray.settings import canonical_json, check_storage_options
 
@@ -62,6 +63,14 @@ class Compare2ScoreParams(MethodParams):
     )
     question: str = Field(QUESTION, description="User turn shown after [anchor, image].")
     answer_prefix: str = Field(ANSWER_PREFIX, description="Pre-filled assistant text.")
+    layout: str | None = Field(
+        None,
+        description="User turn with two `{image}` markers (anchor, image) and one `{question}`. "
+        "Default: the model family's reference placement (mplug_owl2: Compare2Score's "
+        "`{image} {image} {question} \\n`), else the backend's (images, then question); "
+        "`images_first`: always the backend's. An explicit `question` keeps the placement.",
+        exclude_if=lambda v: v is None,
+    )
     words: tuple[str, str, str, str, str] = Field(
         WORDS, description="Comparison words, worst first (weights 0, .25, .5, .75, 1)."
     )
@@ -80,12 +89,29 @@ class Compare2ScoreParams(MethodParams):
 
     _check_options = field_validator("anchor_storage_options")(check_storage_options)
 
+    @field_validator("layout")
+    @classmethod
+    def _two_images(cls, layout: str | None) -> str | None:
+        return check_layout(layout, 2)
+
 
 def comparison_prompt(
-    first: np.ndarray, second: np.ndarray, keys: tuple[str, str], spec: ComparisonPromptSpec
+    first: np.ndarray,
+    second: np.ndarray,
+    keys: tuple[str, str],
+    spec: ComparisonPromptSpec,
+    layout: str | None = None,
 ) -> Prompt:
-    """The prompt comparing ``second`` against ``first`` (shown in that order)."""
-    return Prompt((first, second), spec.question, spec.answer_prefix, tuple(spec.words), keys)
+    """The prompt comparing ``second`` against ``first`` (shown in that order); ``layout``: the
+    filled user turn (:func:`prompt_layout`), None for the backend's placement."""
+    return Prompt(
+        (first, second), spec.question, spec.answer_prefix, tuple(spec.words), keys, layout
+    )
+
+
+def prompt_layout(params: Compare2ScoreParams, family: str) -> str | None:
+    """The comparison prompt's user-turn layout on a model family (see ``conventions``)."""
+    return resolve_layout("compare2score", family, params.layout, params.question)
 
 
 def solve(p_a: np.ndarray, b: np.ndarray, params: Compare2ScoreParams) -> MapResult:
@@ -96,12 +122,16 @@ def solve(p_a: np.ndarray, b: np.ndarray, params: Compare2ScoreParams) -> MapRes
 
 
 def calibration_mismatches(
-    cal: Calibration, params: Compare2ScoreParams, model: ModelConfig | None
+    cal: Calibration,
+    params: Compare2ScoreParams,
+    model: ModelConfig | None,
+    layout: str | None = None,
 ) -> list[str]:
-    """How this run differs from the setting P_a was measured in (empty: the same)."""
+    """How this run differs from the setting P_a was measured in (empty: the same);
+    ``layout``: this run's resolved prompt layout."""
     ours: dict[str, Any] = {
         "question": params.question, "answer_prefix": params.answer_prefix,
-        "words": tuple(params.words), "temperature": params.temperature,
+        "words": tuple(params.words), "temperature": params.temperature, "layout": layout,
     }
     if model is not None:
         ours.update(model_id=model.id, model_revision=model.revision)
@@ -140,9 +170,12 @@ class Compare2Score(VlmMethod):
     convergence by float64 Newton by default; ``solver: reference_adam`` reproduces the
     reference's 100 Adam steps (CPU-generator init). (3) ``link: probit`` follows the paper;
     the reference code computes a logistic link (``link: logistic``). (4) The softmax is
-    max-shifted (no overflow); all-equal q score 50 instead of NaN. (5) The prompt is rendered
-    by the backend's chat template, not the reference's mPLUG-Owl2 conversation; anchors are
-    decoded and resized like queries (``image.max_side``).
+    max-shifted (no overflow); all-equal q score 50 instead of NaN. (5) On an mPLUG-Owl2
+    checkpoint the prompt is the reference's exactly (``layout`` from the family convention);
+    on other models the backend's chat template places the two images before the question.
+    Anchors are decoded and resized like queries (``image.max_side``). The official anchor set
+    (``official.py``: the reference's five anchors and hard-coded P_a) reproduces the
+    published setting when the user supplies those images.
     """
 
     Params = Compare2ScoreParams
@@ -156,6 +189,7 @@ class Compare2Score(VlmMethod):
         super().__init__(params)
         self._anchor_set: AnchorSet | None = None
         self._anchor_images: list[np.ndarray] = []
+        self._layout: str | None = None
 
     def data_digest(self) -> str:
         """sha256 of ``anchors.json``'s content: it holds P_a and every anchor image's sha256."""
@@ -169,9 +203,11 @@ class Compare2Score(VlmMethod):
         anchor_set = read_anchor_set(p.anchors, p.anchor_storage_options)
         raw = read_anchor_images(p.anchors, anchor_set, p.anchor_storage_options)
         model = ctx.model
-        self._anchor_images = decode_anchors(raw, ctx.image)
+        # Resized once to the model's input here, not in every batch's preprocessing.
+        self._anchor_images = [ctx.vlm.prepare_image(im) for im in decode_anchors(raw, ctx.image)]
         self._anchor_set = anchor_set
-        mismatches = calibration_mismatches(anchor_set.calibration, p, model)
+        self._layout = prompt_layout(p, ctx.vlm.family)
+        mismatches = calibration_mismatches(anchor_set.calibration, p, model, self._layout)
         if mismatches:
             logger.warning(
                 "compare2score: anchor set %s was calibrated in another setting (%s); its P_a "
@@ -186,7 +222,8 @@ class Compare2Score(VlmMethod):
             raise RuntimeError("compare2score: setup(ctx) must run before prompts")
         key = str(int(batch.image_ids[row]))
         return [
-            comparison_prompt(image, batch.query[row], (anchor.key, key), self.params)
+            comparison_prompt(image, batch.query[row], (anchor.key, key), self.params,
+                              self._layout)
             for anchor, image in zip(self._anchor_set.anchors, self._anchor_images, strict=True)
         ]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 from iqa_ray.backends.families.mplug_owl2.configuration import MplugOwl2Config
 from iqa_ray.backends.families.mplug_owl2.modeling import MplugOwl2ForCausalLM
 from iqa_ray.backends.families.mplug_owl2.processing import MplugOwl2Processor
+from iqa_ray.backends.families.mplug_owl2.tiny import spread_weights, write_processor_files
 
 TOL = 1e-4  # the fixture's float32 logits tolerance
 CORPUS = [
@@ -67,29 +67,12 @@ def tiny_config(vocab_size: int, **overrides: object) -> MplugOwl2Config:
 
 def randomize(model: torch.nn.Module, seed: int) -> None:
     """Weights drawn so that every part matters (the default init leaves outputs near zero)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if param.ndim == 1 and name.endswith("weight"):
-                param.copy_(1 + 0.2 * noise)
-            elif param.ndim == 1:
-                param.copy_(0.05 * noise)
-            elif "embed_tokens" in name:
-                param.copy_(noise)
-            elif param.ndim in (2, 4):
-                gain = 3.0 if name.startswith("lm_head") else 1.0
-                param.copy_(gain * noise / np.sqrt(param[0].numel()))
-            else:
-                param.copy_(0.5 * noise)
+    spread_weights(model, seed)
 
 
 def write_folder(folder: Path, model: MplugOwl2ForCausalLM, dtype: torch.dtype) -> None:
     copy.deepcopy(model).to(dtype).save_pretrained(folder)
-    (folder / "preprocessor_config.json").write_text(
-        json.dumps({"size": 56, "crop_size": 56, "resample": 3, "do_center_crop": True})
-    )
-    (folder / "special_tokens_map.json").write_text(json.dumps({"pad_token": "<unk>"}))
+    write_processor_files(folder, 56)
 
 
 @pytest.fixture(scope="module")

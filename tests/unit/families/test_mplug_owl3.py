@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,20 +13,11 @@ from PIL import Image  # noqa: E402
 
 from iqa_ray.backends.families.mplug_owl3.modeling import MplugOwl3ForCausalLM  # noqa: E402
 from iqa_ray.backends.families.mplug_owl3.processing import MplugOwl3Processor  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[3]
-
-
-def fixture_dir() -> Path:
-    """<shared>/models/tiny-mplug-owl3, shared = $IQA_RAY_SHARED_DIR or <repo>/../shared."""
-    shared = Path(os.environ.get("IQA_RAY_SHARED_DIR", REPO.parent / "shared"))
-    return shared / "models" / "tiny-mplug-owl3"
-
-
-@cache
-def expected() -> dict[str, Any] | None:
-    path = fixture_dir() / "expected.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+from tests.unit.families.mplug_owl3_fixture import (  # noqa: E402
+    expected,
+    fixture_dir,
+    open_image,
+)
 
 
 def _case_params() -> list[Any]:
@@ -65,11 +52,6 @@ def model(loaded: tuple[MplugOwl3ForCausalLM, dict[str, Any]]) -> MplugOwl3ForCa
 @pytest.fixture(scope="module")
 def processor(exp: dict[str, Any]) -> MplugOwl3Processor:
     return MplugOwl3Processor.from_pretrained(fixture_dir())
-
-
-def open_image(relative: str) -> Image.Image:
-    with Image.open(fixture_dir() / relative) as image:
-        return image.convert("RGB")
 
 
 def case_images(case: dict[str, Any]) -> list[Image.Image]:

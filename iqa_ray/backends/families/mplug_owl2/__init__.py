@@ -3,7 +3,10 @@
 Loads the published checkpoints by their own parameter names through
 ``MplugOwl2ForCausalLM.from_pretrained`` (no remote code; ``auto_map`` is ignored), with
 ``MplugOwl2Processor`` building the reference's pixels and prompt ids. Exports resolve lazily,
-so importing this package imports neither torch nor transformers.
+so importing this package imports neither torch nor transformers. ``runtime`` plugs the family
+into the transformers backend (``load``; prompts in the reference conversation of
+``conversation``, answer words read as ``tokenizer(word).input_ids[1]``, prefix sharing through
+``inputs_embeds`` + ``image_mask``); ``tiny`` builds a tiny random checkpoint for tests.
 
 Checked against the reference (``shared/models/tiny-mplug-owl2``, float32 CPU): resized pixels
 (bit-identical), vision tower and abstractor outputs, prompt ids, level logits / probabilities /

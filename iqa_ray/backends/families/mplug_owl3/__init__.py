@@ -3,8 +3,11 @@
 Re-implements the checkpoint's remote code (written for transformers 4.x, unusable with 5.x)
 without executing it: ``MplugOwl3Config`` / ``MplugOwl3ForCausalLM`` (SigLIP tower, linear
 projector, Qwen2 with hyper attention, next-token logits) and ``MplugOwl3Processor`` (crops,
-cut prompts, chatml text, left-padded batches). Checked against the reference fixture
-``shared/models/tiny-mplug-owl3`` (float32 CPU, every case within ~3e-6 of the reference logits).
+cut prompts, chatml text, left-padded batches). ``runtime`` plugs them into the transformers
+backend (``TransformersBackend(ModelConfig(id=<folder>))`` for ``model_type: mplugowl3``; unshared
+path; processor options from ``model.options``, see ``iqa_ray.backends.family_options``). Checked
+against the reference fixture ``shared/models/tiny-mplug-owl3`` (float32 CPU, every case within
+~4e-6 of the reference logits, through the model and through the backend).
 
 Deliberate differences from the reference (same outputs unless stated):
 
@@ -21,11 +24,11 @@ Deliberate differences from the reference (same outputs unless stated):
   never points at remote code). No KV cache and no ``generate``: scoring only.
 * The language model always uses torch SDPA (explicit boolean masks); the SigLIP tower follows
   the config's attention implementation (``sdpa`` by default). No flash-attention-2 path.
-* Options that are NOT the reference, off by default: ``pair_cut_shapes="per_image"`` (each
-  image gets its own cut grid; the reference pairs the k-th ``<|image|>`` with ``cut_shape[k]``,
-  two entries per image, so a second image gets the (1, 1) template) and
-  ``drop_last_assistant_content=False`` (keep an assistant answer prefix such as "The quality of
-  the image is "; the reference drops it in inference mode).
+* Options that are NOT the reference, off by default (``model.options`` in a run):
+  ``pair_cut_shapes="per_image"`` (each image gets its own cut grid; the reference pairs the
+  k-th ``<|image|>`` with ``cut_shape[k]``, two entries per image, so a second image gets the
+  (1, 1) template) and ``drop_last_assistant_content=False`` (keep an assistant answer prefix
+  such as "The quality of the image is "; the reference drops it in inference mode).
 * Errors where the reference may not check: the number of ``<|image|>`` markers must equal the
   number of images, a row may not have fewer crops than placeholders, padding must be on the left.
 

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 
-from .image_processing import GRID_SQU_6, ImageCrops, crop_image
+from .image_processing import GRID_SQU_6, ImageCrops, crop_image, select_anchor
 
 IMAGE_PLACEHOLDER = "<|image|>"
 PairCutShapes = Literal["reference", "per_image"]
@@ -184,14 +184,19 @@ class MplugOwl3Batch:
         return BatchFeature(data)
 
 
-def load_tokenizer(folder: str | Path) -> PreTrainedTokenizerBase:
-    """The checkpoint's tokenizer, without remote code (``auto_map`` is never followed)."""
+def load_tokenizer(folder: str | Path, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer, without remote code (``auto_map`` is never followed).
+
+    Args:
+        folder: checkpoint folder or hub id.
+        **kwargs: passed to ``AutoTokenizer.from_pretrained`` (e.g. ``revision``).
+    """
     from transformers import AutoTokenizer
 
     from .configuration import register_config
 
     register_config()  # model_type known -> AutoTokenizer does not ask for remote code
-    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False, **kwargs)
 
 
 class MplugOwl3Processor:
@@ -250,6 +255,14 @@ class MplugOwl3Processor:
         """Crops of one image (tiles then the global view)."""
         return crop_image(image, self.image_size, self.anchors)
 
+    def grid(self, image: ImageInput) -> tuple[int, int]:
+        """(rows, cols) the image would be cut into, from its size alone (no resize)."""
+        if isinstance(image, np.ndarray):
+            height, width = image.shape[:2]
+        else:
+            width, height = image.size
+        return self.anchors[select_anchor(width, height, self.anchors, self.image_size)]
+
     def prompt_text(
         self,
         prompt: PromptInput,
@@ -302,10 +315,28 @@ class MplugOwl3Processor:
         batch_images = [list(images)] if single else [list(row) for row in images]
         if len(batch_prompts) != len(batch_images):
             raise ValueError(f"{len(batch_prompts)} prompts but {len(batch_images)} image lists")
-        cache: dict[int, ImageCrops] = {}  # the same image object in several prompts: crop once
+        cache: dict[int, ImageCrops] = {}
         rows = [
             self._prepare_row(prompt, row_images, apply_chat_template, cache)
             for prompt, row_images in zip(batch_prompts, batch_images, strict=True)
+        ]
+        return self._pad(rows)
+
+    def prepare_texts(
+        self, texts: Sequence[str], images: Sequence[Sequence[ImageInput]]
+    ) -> MplugOwl3Batch:
+        """A left-padded batch of FINAL texts (templated, cut prompts expanded, as
+        ``prompt_text`` returns them) with each row's images in order.
+
+        The texts must have been expanded for these images (same sizes): their placeholders are
+        tokenised as they stand and the crops taken from the images.
+        """
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} image lists")
+        cache: dict[int, ImageCrops] = {}
+        rows = [
+            self._row(text, self._crops(list(row_images), cache))
+            for text, row_images in zip(texts, images, strict=True)
         ]
         return self._pad(rows)
 
@@ -325,13 +356,18 @@ class MplugOwl3Processor:
         apply_chat_template: bool,
         cache: dict[int, ImageCrops],
     ) -> dict[str, Any]:
-        crops = []
+        crops = self._crops(images, cache)
+        text = self.prompt_text(prompt, [c.grid for c in crops], apply_chat_template)
+        return self._row(text, crops)
+
+    def _crops(self, images: list[ImageInput], cache: dict[int, ImageCrops]) -> list[ImageCrops]:
+        """Crops of each image; the same image object in several prompts is cropped once."""
         for image in images:
             if id(image) not in cache:
                 cache[id(image)] = self.crop(image)
-            crops.append(cache[id(image)])
-        grids = [c.grid for c in crops]
-        text = self.prompt_text(prompt, grids, apply_chat_template)
+        return [cache[id(image)] for image in images]
+
+    def _row(self, text: str, crops: list[ImageCrops]) -> dict[str, Any]:
         ids, starts = tokenize_with_placeholders(self.encode, text, self.placeholder)
         offset = media_offset_from_starts(starts, len(ids))
         return {
@@ -340,7 +376,7 @@ class MplugOwl3Processor:
             "offset": offset,
             "crops": [c.pixel_values for c in crops],
             "text": text,
-            "grids": grids,
+            "grids": [c.grid for c in crops],
         }
 
     def _pad(self, rows: list[dict[str, Any]]) -> MplugOwl3Batch:
