@@ -25,7 +25,9 @@ def level_expectation(logits: np.ndarray, weights: np.ndarray = LEVEL_WEIGHTS_1_
         logits: (..., n_levels) in the order of ``weights`` (best first by default).
         weights: value of each level; [5,4,3,2,1] gives 1..5, [1,.75,.5,.25,0] gives 0..1.
     """
-    return softmax(logits) @ np.asarray(weights, dtype=np.float64)
+    # A row-wise sum, not a matrix product: BLAS may sum a (B, n) @ (n,) product differently
+    # for different B, and a row's score must not depend on the rows batched with it.
+    return (softmax(logits) * np.asarray(weights, dtype=np.float64)).sum(axis=-1)
 
 
 def binary_probability(logits: np.ndarray, temperature: float = 100.0) -> np.ndarray:

@@ -78,7 +78,9 @@ def _plain(frame: pd.DataFrame) -> pd.DataFrame:
 
 def test_api_and_cli_agree_with_the_job_bit_for_bit(tmp_path: Path, tiny_model_dir: Path) -> None:
     make_corpus(tmp_path / "images", 3)
-    # One request per forward pass: the rows cannot depend on how Ray batched them.
+    # One request per forward pass, so padding never mixes images. The stage batch sizes differ
+    # (the CLI starts its own Ray with iqa_ray.api.score.LOCAL_STAGES): a row's maths must not
+    # depend on the rows it was batched with.
     small = {"max_actors": 1, "num_cpus": 0.25}
     settings: dict[str, Any] = {"model": {"batch_size": 1},
                                 "stages": {"fetch": small, "decode": small,

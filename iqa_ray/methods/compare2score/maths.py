@@ -83,7 +83,8 @@ def soft_comparison(logits: np.ndarray, temperature: float) -> np.ndarray:
     z = z / temperature
     # Max-shift: unlike the reference's plain exp, cannot overflow for large logits.
     p = np.exp(z - z.max(axis=-1, keepdims=True))
-    b: np.ndarray = (p / p.sum(axis=-1, keepdims=True)) @ COMPARISON_WEIGHTS
+    # Row-wise, so an image's b does not depend on the batch it came in (see level_expectation).
+    b: np.ndarray = ((p / p.sum(axis=-1, keepdims=True)) * COMPARISON_WEIGHTS).sum(axis=-1)
     return b
 
 
