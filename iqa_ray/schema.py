@@ -39,6 +39,8 @@ class Col:
 
     IMAGE_ID = "image_id"  # int64, stable hash of the URI
     URI = "uri"
+    SOURCE = "source"  # shard or table URI of a sample (webdataset and parquet inputs)
+    KEY = "key"  # sample key in its shard, row index in its table, or the id column's value
     METHOD = "method"
     SCORE = "score"
     ERROR_CODE = "error_code"
@@ -48,6 +50,14 @@ class Col:
     IMAGE = "image"  # decoded RGB uint8 HxWx3 query image
     WIDTH = "width"  # original size, before any resizing for the model
     HEIGHT = "height"
+
+
+CARRY_PREFIX = "carry_"  # carried WebDataset members / Parquet columns: carry_<name>
+
+
+def carry_column(name: str) -> str:
+    """Output column of a carried member extension (``json``) or Parquet column (``caption``)."""
+    return CARRY_PREFIX + name.lstrip(".").replace(".", "_")
 
 
 def variant_column(variant: str) -> str:

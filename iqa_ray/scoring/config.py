@@ -159,7 +159,7 @@ class RunConfig(StrictModel):
         model = self.model.model_dump(include={"id", "revision", "backend", "dtype", "word_policy"})
         model["max_image_side"] = self.image.max_side
         return {
-            "input": self.input.model_dump(include={"uri", "manifest", "manifest_uri_column"}),
+            "input": self.input.result_fields(),
             "model": model,
             "methods": [m.model_dump() for m in self.methods],
             "image": self.image.model_dump(include={"max_pixels", "min_side", "max_bytes"}),

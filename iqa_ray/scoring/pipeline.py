@@ -1,96 +1,23 @@
-"""The driver: validate -> run.json -> pending images -> Ray Data plan -> summary -> _SUCCESS."""
+"""The driver: validate -> run.json -> pending images -> Ray Data plan -> summary -> _SUCCESS.
+
+Reading each input kind, and its resume state, is :mod:`iqa_ray.scoring.readers`."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pyarrow.compute as pc
 
 from iqa_ray import io
 from iqa_ray.devtools.smoke import SMOKE_WARNING, is_smoke_model
-from iqa_ray.inputs import done as done_set
-from iqa_ray.inputs.shards import Shards, build_shards
-from iqa_ray.schema import Col
 from iqa_ray.scoring.config import RunConfig
-from iqa_ray.scoring.record import (
-    RunResult,
-    check_fingerprint,
-    data_digests,
-    run_paths,
-    summarize,
-    versions,
-)
-from iqa_ray.scoring.stages import DecodeImages, FetchImages, ScoreImages, write_scores
+from iqa_ray.scoring.readers import input_for
+from iqa_ray.scoring.record import RunResult, check_fingerprint, data_digests, run_paths, versions
 
 logger = logging.getLogger(__name__)
-_MAX_BLOCKS = 20_000  # manifest blocks handed to Ray Data: enough parallelism, bounded overhead
-
-
-def build_dataset(cfg: RunConfig, shards: Shards, done: np.ndarray, scores_uri: str,
-                  attempt: int) -> Any:
-    """The lazy Ray Data plan over the manifest shards' pending images (no shuffle; one output
-    row per file). Tasks cut each shard's pending rows into blocks; the driver holds only refs.
-    """
-    import ray
-
-    st = cfg.stages
-    # Small blocks spread the work over every pool (a stage actor takes whole blocks).
-    block_rows = max(st.fetch.batch_size, math.ceil(shards.pending_images / _MAX_BLOCKS))
-    done_ref = ray.put(done)
-    split = ray.remote(num_cpus=0.25, max_retries=3)(pending_blocks)
-    refs: list[Any] = []
-    for uri, n in zip(shards.uris, shards.pending, strict=True):
-        if n:
-            count = math.ceil(n / block_rows)
-            out = split.options(num_returns=count).remote(
-                uri, cfg.output.storage_options, done_ref, block_rows, count)
-            refs.extend([out] if count == 1 else out)
-    ds = ray.data.from_arrow_refs(refs)
-    ds = ds.map_batches(
-        FetchImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.fetch.batch_size,
-        batch_format="numpy", num_cpus=st.fetch.num_cpus,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=st.fetch.min_actors, max_size=st.fetch.max_actors
-        ),
-    )
-    ds = ds.map_batches(
-        DecodeImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.decode.batch_size,
-        batch_format="numpy", num_cpus=st.decode.num_cpus,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=st.decode.min_actors, max_size=st.decode.max_actors
-        ),
-    )
-    ds = ds.map_batches(
-        ScoreImages, fn_constructor_kwargs={"cfg": cfg}, batch_size=st.score.batch_size,
-        batch_format="numpy", num_cpus=st.score.num_cpus, num_gpus=st.score.num_gpus,
-        # A fixed pool: each actor holds a whole model, scaling it up and down costs a reload.
-        # Ray Data restarts dead actors and retries their batches by default (max_restarts=-1).
-        compute=ray.data.ActorPoolStrategy(size=st.score.max_actors),
-    )
-    return ds.map_batches(
-        write_scores, fn_kwargs={"cfg": cfg, "scores_uri": scores_uri, "attempt": attempt},
-        batch_size=cfg.output.rows_per_file, batch_format="pyarrow", num_cpus=0.25,
-    )
-
-
-def pending_blocks(shard_uri: str, storage_options: dict[str, Any], done: np.ndarray,
-                   block_rows: int, count: int) -> Any:
-    """Task: a manifest shard's not-done rows as ``count`` blocks of ``block_rows`` rows.
-
-    Blocks are made by small tasks (a quarter CPU: stage actors may hold the rest of a small
-    machine), so the driver never holds the URIs. ``done``: ids of done images.
-    """
-    table = done_set.pending(io.read_parquet(shard_uri, storage_options, [Col.IMAGE_ID, Col.URI]),
-                             done)
-    blocks = [table.slice(i * block_rows, block_rows) for i in range(count)]
-    if sum(b.num_rows for b in blocks) != table.num_rows:
-        raise RuntimeError(f"{shard_uri}: {table.num_rows} pending rows, {count} blocks planned")
-    return blocks[0] if count == 1 else tuple(blocks)
 
 
 def run(cfg: RunConfig) -> RunResult:
@@ -103,32 +30,25 @@ def run(cfg: RunConfig) -> RunResult:
     opts = cfg.output.storage_options
     digests = data_digests(cfg)
     check_fingerprint(cfg, paths, digests)
-    methods = [m.name for m in cfg.methods]
-    keys = done_set.load_score_keys(paths.scores, opts)
-    done = done_set.done_ids(keys, methods, cfg.retry_errors)
-    attempt = done_set.next_attempt(keys)
-    del keys
-    shards = build_shards(cfg.input, paths.manifest, opts, done, cfg.input.shard_rows,
-                                  cfg.input.list_parallelism)
-    images, pending = shards.images, shards.pending_images
+    source = input_for(cfg, paths)
+    start = source.start()  # manifest or units, and the resume state: Ray tasks, counts only
     record = {
         "run_id": cfg.resolved_run_id(), "fingerprint": cfg.fingerprint(),
         "config": cfg.model_dump(mode="json"), "data_digests": digests, "versions": versions(),
         "status": "running",
-        "started_at": datetime.now(UTC).isoformat(), "attempt": attempt,
-        "counts_at_start": {"images": images, "done": images - pending, "pending": pending,
-                            "manifest_shards": len(shards.uris)},
+        "started_at": datetime.now(UTC).isoformat(), "attempt": start.attempt,
+        "counts_at_start": start.counts,
     }
     if cfg.model.backend == "transformers" and is_smoke_model(cfg.model.id):
         record["smoke_model"] = True
         logger.warning("%s\n%s\n%s", "!" * 72, SMOKE_WARNING, "!" * 72)
     io.write_json_atomic(paths.run_json, record, opts)
-    logger.info("run %s: %d images in %d manifest shards, %d done, %d pending -> %s",
-                record["run_id"], images, len(shards.uris), images - pending, pending, paths.root)
-    if pending:
+    logger.info("run %s: %s -> %s", record["run_id"], start.counts, paths.root)
+    if start.work:
         io.delete(paths.success, opts)  # not complete again until every pending image is written
-        _execute(build_dataset(cfg, shards, done, paths.scores, attempt), pending)
-    summary = summarize(done_set.load_score_keys(paths.scores, opts), shards, methods, opts)
+        _execute(source.dataset(start.attempt), start.pending)
+    summary = source.summary()
+    io.delete_tree(paths.state, opts)
     if summary["images_missing"]:
         raise RuntimeError(
             f"{summary['images_missing']} images have no committed rows: rerun to resume"
@@ -146,6 +66,7 @@ def _execute(ds: Any, total: int) -> None:
         done += int(pc.sum(batch.column("images")).as_py())
         elapsed = time.monotonic() - start
         rate = done / elapsed if elapsed > 0 else 0.0
+        total = max(total, done)  # a corpus's total is an estimate until its shards are read
         eta = (total - done) / rate if rate > 0 else float("inf")
         logger.info("progress: %d/%d images (%.1f%%), %.2f images/s, ETA %.0fs",
                     done, total, 100.0 * done / total, rate, eta)
