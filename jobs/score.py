@@ -4,8 +4,9 @@ Runs on an embedded local Ray, or on a cluster via
 `ray job submit --working-dir . -- python jobs/score.py --config ...`.
 
 Exit status: 0 every image has its rows; 2 configuration error (nothing written); 3 some rows
-failed for an infrastructure reason (`fetch_failed`, `model_error`: rerun with `--retry-errors`;
-set `fail_on_infra_errors: false` to exit 0 instead); 1 the run itself failed (a rerun with the
+failed for an infrastructure reason (`fetch_failed`, `model_error`), or a WebDataset shard or
+Parquet table could not be read to its end (rerun with `--retry-errors`; set
+`fail_on_infra_errors: false` to exit 0 instead); 1 the run itself failed (a rerun with the
 same run id resumes). Counts by status, method and error code are in `<run>/run.json`.
 """
 
@@ -75,8 +76,8 @@ def main() -> int:
         return 2
     print(json.dumps({"run_id": result.run_id, "uri": result.uri, **result.summary}, indent=2))
     if cfg.fail_on_infra_errors and result.infra_failures:
-        print(f"{result.infra_failures} rows failed for infrastructure reasons: rerun with "
-              "--retry-errors", file=sys.stderr)
+        print(f"{result.infra_failures} rows (or shards / tables not read to their end) failed "
+              "for infrastructure reasons: rerun with --retry-errors", file=sys.stderr)
         return 3
     return 0
 

@@ -108,6 +108,9 @@ def _copy(job: FilterJobConfig, wide: pd.DataFrame, result: FilterResult) -> dic
 
 
 def input_of(run_uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``input:`` section a run was made with (from its run.json)."""
-    record = io.read_json(io.join(run_uri, "run.json"), storage_options)
+    """The ``input:`` section a run was made with (from its run.json; empty without one)."""
+    path = io.join(run_uri, "run.json")
+    if not io.exists(path, storage_options):
+        return {}
+    record = io.read_json(path, storage_options)
     return dict(record.get("config", {}).get("input", {}))

@@ -30,6 +30,7 @@ from iqa_ray.inputs.state import (
     committed_keys,
     overlapping,
     range_counts,
+    use_tasks,
 )
 from iqa_ray.schema import Col
 
@@ -217,8 +218,8 @@ def source_done_ids(done_files: list[str], source_index: int,
 
 
 def _shared(value: Any, tasks: int) -> Any:
-    """``value`` as it is for one task, or put in the object store once for several."""
-    if tasks <= 1:
+    """``value`` as it is inline, or put in the object store once for the tasks."""
+    if not use_tasks(tasks):
         return value
     import ray
 
@@ -227,9 +228,10 @@ def _shared(value: Any, tasks: int) -> Any:
 
 def _reduce(fn: Callable[..., Any], calls: list[tuple[Any, ...]],
             combine: Callable[[Any, Any], Any], initial: Any) -> Any:
-    """Fold ``fn``'s results over the calls as they finish (inline for one call), so the
-    driver holds one result at a time besides the running total."""
-    if len(calls) <= 1:
+    """Fold ``fn``'s results over the calls as they finish (Ray tasks, see
+    :func:`~iqa_ray.inputs.state.use_tasks`), so the driver holds one result at a time besides
+    the running total."""
+    if not use_tasks(len(calls)):
         total = initial
         for args in calls:
             total = combine(total, fn(*args))

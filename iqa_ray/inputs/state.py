@@ -187,10 +187,20 @@ def _objects_group(group: list[tuple[Any, ...]], score_files: list[str], methods
     return counts, written
 
 
+def use_tasks(calls: int) -> bool:
+    """Ray tasks whenever Ray is up (the driver's memory stays flat even for one range);
+    inline only without Ray (tools and unit tests) or with nothing to do."""
+    if calls == 0:
+        return False
+    import ray
+
+    return bool(ray.is_initialized())
+
+
 def map_calls(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> list[Any]:
-    """Run ``fn`` over argument tuples: inline for one call, else as Ray tasks (results in
-    call order; keep them small: they all come back to the driver)."""
-    if len(calls) <= 1:
+    """Run ``fn`` over argument tuples as Ray tasks (see :func:`use_tasks`), results in call
+    order; keep them small: they all come back to the driver."""
+    if not use_tasks(len(calls)):
         return [fn(*args) for args in calls]
     import ray
 

@@ -59,7 +59,8 @@ class RunResult:
 
     @property
     def infra_failures(self) -> int:
-        """Rows whose error is retryable (fetch or model failures), not the input's fault."""
+        """Rows whose error is retryable (fetch or model failures), not the input's fault, plus
+        corpus units (shards, tables) that could not be read to their end."""
         by_code = self.summary["rows_by_error_code"]
         rows = sum(n for code, n in by_code.items() if code in RETRYABLE_CODES)
         # A shard or table that could not be read to its end may hide samples: re-read it.
