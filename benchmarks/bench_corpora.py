@@ -112,27 +112,37 @@ def measure(repeats: int, uris: dict, inputs: dict, outputs: dict, inp: S3FaultP
     rows: dict[str, dict] = {}
     for round_ in range(repeats):
         for kind in KINDS:
-            before = (inp.total, out.total)
+            before, counts = (inp.total, out.total), dict(inp.counts)
             seconds, summary = one_run(kind, uris[kind], f"{kind}-{round_}", inputs, outputs)
             got = rows.setdefault(kind, {"seconds": seconds, "images": summary["images"],
                                          "in": inp.total - before[0],
-                                         "out": out.total - before[1]})
+                                         "out": out.total - before[1],
+                                         "by": _by_request(inp.counts, counts)})
             got["seconds"] = min(got["seconds"], seconds)
     return rows
+
+
+def _by_request(now: dict, before: dict) -> str:
+    """Input requests of one run as GET / HEAD / LIST (a GET of no key is a listing)."""
+    kinds = {"GET": 0, "HEAD": 0, "LIST": 0}
+    for (method, key), n in now.items():
+        name = "LIST" if method == "GET" and not key else method
+        kinds[name] = kinds.get(name, 0) + n - before.get((method, key), 0)
+    return " / ".join(str(kinds[k]) for k in ("GET", "HEAD", "LIST"))
 
 
 def report(rows: dict[str, dict], args: argparse.Namespace) -> None:
     print(f"{args.images} images of {args.size[0]}x{args.size[1]}, {args.per_shard} per shard / "
           f"table, fake backend, moto on loopback, {os.cpu_count()} CPUs, best of "
           f"{args.repeats}\n")
-    print("| input | images | seconds | images/s | input requests | input requests / image "
-          "| output requests / image | input requests vs objects |")
+    print("| input | images | seconds | images/s | input requests (GET / HEAD / LIST) "
+          "| input requests / image | output requests / image | input requests vs objects |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     base = rows["objects"]["in"] / max(1, rows["objects"]["images"])
     for kind, r in rows.items():
         per = r["in"] / max(1, r["images"])
         print(f"| {kind} | {r['images']} | {r['seconds']:.1f} | {r['images'] / r['seconds']:.1f} "
-              f"| {r['in']} | {per:.4f} | {r['out'] / max(1, r['images']):.4f} "
+              f"| {r['in']} ({r['by']}) | {per:.4f} | {r['out'] / max(1, r['images']):.4f} "
               f"| {base / per if per else float('inf'):.0f}x fewer |")
 
 

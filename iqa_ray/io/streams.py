@@ -48,7 +48,8 @@ class RetryingReader(_io.RawIOBase):
         self._file: Any = None
 
     def _open(self) -> Any:
-        # A known size spares the HEAD request that opening would otherwise make.
+        # A known size spares fsspec's size lookup (s3fs still makes one HEAD per open: it
+        # checks the object's ETag on every ranged read).
         extra = {} if self._size is None else {"size": self._size}
         handle = self._fs.open(self._path, "rb", block_size=self._block,
                                cache_type="readahead", **extra)
@@ -125,7 +126,7 @@ class RetryingReader(_io.RawIOBase):
 def open_stream(uri: str, storage_options: dict[str, Any] | None = None, *,
                 size: int | None = None, attempts: int = 5, base_delay_s: float = 0.2,
                 max_delay_s: float = 5.0) -> RetryingReader:
-    """A :class:`RetryingReader` of ``uri`` (pass ``size`` when listed: saves a request)."""
+    """A :class:`RetryingReader` of ``uri`` (pass ``size`` when it is known from a listing)."""
     return RetryingReader(uri, storage_options, size=size, attempts=attempts,
                           base_delay_s=base_delay_s, max_delay_s=max_delay_s)
 

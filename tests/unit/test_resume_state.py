@@ -5,6 +5,7 @@ re-read or read for the first time from their indexes and the done ids by source
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -95,8 +96,8 @@ def test_committed_keys_read_only_overlapping_row_groups(tmp_path: Path,
     read: list[int] = []
     original = iqa_io.read_row_groups
 
-    def counting(uri, options, select, columns=None):  # noqa: ANN001, ANN202
-        def spy(meta):  # noqa: ANN001, ANN202
+    def counting(uri: str, options: Any, select: Any, columns: Any = None) -> Any:
+        def spy(meta: Any) -> list[int]:
             groups = select(meta)
             read.extend(groups)
             return groups
@@ -139,7 +140,7 @@ def test_corpus_units_skipped_reread_or_read(tmp_path: Path) -> None:
     _score_file(tmp_path / "scores" / "p.parquet", rows)
     files = iqa_io.list_parquet(str(tmp_path / "scores"), None)
 
-    def state(retry: bool):  # noqa: ANN202
+    def state(retry: bool) -> Any:
         return corpus_state(units, index, files, METHODS, retry, {}, str(tmp_path / "done"), 10)
 
     first = state(False)
