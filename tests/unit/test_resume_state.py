@@ -67,6 +67,7 @@ def iqa_io_id(uri: str) -> int:
     return image_id(uri)
 
 
+@pytest.mark.usefixtures("ray_local")  # the job's path: Ray tasks per id range
 @pytest.mark.parametrize("retry", [False, True])
 def test_objects_state_equals_the_driver_done_set(tmp_path: Path, retry: bool) -> None:
     _, ids, scores = _objects_run(tmp_path)
@@ -125,6 +126,7 @@ def test_index_names_prefer_complete_then_larger(tmp_path: Path) -> None:
     assert not (tmp_path / "index" / best["u1"].name).exists()  # the one it replaced
 
 
+@pytest.mark.usefixtures("ray_local")
 def test_corpus_units_skipped_reread_or_read(tmp_path: Path) -> None:
     units = [CorpusUnit(f"s3://b/{name}.tar", 100, 0, 100) for name in "abcd"]
     index = str(tmp_path / "index")
