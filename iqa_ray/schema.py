@@ -39,6 +39,8 @@ class Col:
 
     IMAGE_ID = "image_id"  # int64, stable hash of the URI
     URI = "uri"
+    SOURCE = "source"  # shard or table URI of a sample (webdataset and parquet inputs)
+    KEY = "key"  # sample key in its shard, row index in its table, or the id column's value
     METHOD = "method"
     SCORE = "score"
     STATUS = "status"  # "ok" (scored) or "error" (see error_code); the summary counts the same
@@ -61,6 +63,14 @@ class Status(enum.StrEnum):
 def row_status(error_code: str | None) -> Status:
     """A row's status from its error code: the one rule the score table and run.json share."""
     return Status.ERROR if error_code else Status.OK
+
+
+CARRY_PREFIX = "carry_"  # carried WebDataset members / Parquet columns: carry_<name>
+
+
+def carry_column(name: str) -> str:
+    """Output column of a carried member extension (``json``) or Parquet column (``caption``)."""
+    return CARRY_PREFIX + name.lstrip(".").replace(".", "_")
 
 
 def variant_column(variant: str) -> str:

@@ -4,10 +4,11 @@ Runs on an embedded local Ray, or on a cluster via
 `ray job submit --working-dir . -- python jobs/score.py --config ...`.
 
 Exit status: 0 every image has its rows; 2 configuration error or failed preflight (nothing
-written); 3 some rows failed for an infrastructure reason (`fetch_failed`, `model_error`: rerun
-with `--retry-errors`; set `fail_on_infra_errors: false` to exit 0 instead); 1 the run itself
-failed (run.json says `failed` with the reason; a rerun with the same run id resumes). Counts by
-status, method and error code are in `<run>/run.json`; the report is `<run>/report.html`.
+written); 3 some rows failed for an infrastructure reason (`fetch_failed`, `model_error`), or a
+WebDataset shard or Parquet table could not be read to its end (rerun with `--retry-errors`;
+set `fail_on_infra_errors: false` to exit 0 instead); 1 the run itself failed (run.json says
+`failed` with the reason; a rerun with the same run id resumes). Counts by status, method and
+error code are in `<run>/run.json`; the report is `<run>/report.html`.
 """
 
 from __future__ import annotations

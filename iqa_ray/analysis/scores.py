@@ -1,7 +1,8 @@
 """Committed score tables read back for post-processing: latest attempts, several runs joined into
 one wide frame keyed on ``image_id``, and group columns (``folder``, user metadata).
 
-Wide frame columns: ``image_id``, ``uri``, ``width``, ``height``, ``folder``, then per method
+Wide frame columns: ``image_id``, ``uri``, ``width``, ``height`` (a corpus adds ``source``,
+``key`` and ``carry_*``), ``folder``, then per method
 ``<method>`` (the score), ``<method>__error_code``, ``<method>__error_message`` and
 ``<method>__<extra>`` for each extra column the method filled.
 """
@@ -20,7 +21,7 @@ from pydantic import Field, field_validator
 from iqa_ray import io
 from iqa_ray.errors import ConfigError
 from iqa_ray.inputs.done import latest_rows
-from iqa_ray.schema import Col
+from iqa_ray.schema import CARRY_PREFIX, Col
 from iqa_ray.settings import StrictModel, check_storage_options
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 FOLDER = "folder"  # derived group column: the uri's parent relative to the root
 SEP = "__"  # <method>__<column> in the wide frame
 ALL_GROUP = "(all)"  # the group value of whole-table rows (no group column, or overall)
-_BASE = (Col.IMAGE_ID, Col.URI, Col.WIDTH, Col.HEIGHT)
+_BASE = (Col.IMAGE_ID, Col.URI, Col.WIDTH, Col.HEIGHT, Col.SOURCE, Col.KEY)
 _LONG_ONLY = (Col.METHOD, Col.SCORE, Col.STATUS, Col.ATTEMPT)
 _READ_THREADS = 16
 ModelT = TypeVar("ModelT", bound=StrictModel)
@@ -121,9 +122,10 @@ def wide_scores(long: pd.DataFrame) -> pd.DataFrame:
     clash = [m for m in methods if m in (*_BASE, FOLDER) or SEP in m]
     if clash:
         raise ConfigError(f"method labels {clash} collide with table columns; rename them")
-    base_cols = [c for c in _BASE if c in long.columns]
+    # Per-image columns: ids, size, and a corpus's source, key and carried members.
+    base_cols = [c for c in long.columns if c in _BASE or c.startswith(CARRY_PREFIX)]
     wide = long[base_cols].drop_duplicates(Col.IMAGE_ID).set_index(Col.IMAGE_ID).sort_index()
-    value_cols = [c for c in long.columns if c not in (*_BASE, *_LONG_ONLY)]
+    value_cols = [c for c in long.columns if c not in (*base_cols, *_LONG_ONLY)]
     for method in methods:
         rows = long.loc[long[Col.METHOD] == method].set_index(Col.IMAGE_ID)
         extras = [c for c in value_cols if rows[c].notna().any() or c.startswith("error_")]

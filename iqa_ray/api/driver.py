@@ -124,7 +124,8 @@ def run_job(cfg: RunConfig, address: str | None = None, *, report: bool = True,
         print(json.dumps({"run_id": result.run_id, "uri": result.uri, "report": report_uri,
                           **result.summary}, indent=2))
     if cfg.fail_on_infra_errors and result.infra_failures:
-        print(f"{result.infra_failures} rows failed for infrastructure reasons: rerun with "
+        print(f"{result.infra_failures} rows (or shards / tables not read to their end) failed "
+              "for infrastructure reasons: rerun with "
               "--retry-errors", file=sys.stderr)
         return JobOutcome(EXIT_INFRA, result, report_uri)
     return JobOutcome(EXIT_OK, result, report_uri)

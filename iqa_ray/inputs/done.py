@@ -94,7 +94,9 @@ def pending(manifest: pa.Table, done: np.ndarray) -> pa.Table:
 
 
 def count_pending(ids: np.ndarray, done: Any) -> int:
-    """How many ids are not in ``done`` (an int64 array, or an object ref to one)."""
+    """How many ids are not in ``done`` (an int64 array, an object ref to one, or None)."""
+    if done is None:
+        return len(ids)
     if not isinstance(done, np.ndarray):
         import ray
 
@@ -107,3 +109,14 @@ def next_attempt(keys: pa.Table) -> int:
     if keys.num_rows == 0:
         return 0
     return int(pc.max(keys.column(Col.ATTEMPT)).as_py()) + 1
+
+
+def current_counts(latest: pa.Table) -> dict[tuple[str, str], int]:
+    """Current rows per (method, error code or "ok"), aggregated in Arrow (no per-row objects)."""
+    if latest.num_rows == 0:
+        return {}
+    grouped = latest.select([Col.METHOD, Col.ERROR_CODE]).group_by(
+        [Col.METHOD, Col.ERROR_CODE]).aggregate([([], "count_all")])
+    return {(m, c or "ok"): int(n) for m, c, n in zip(
+        grouped.column(Col.METHOD).to_pylist(), grouped.column(Col.ERROR_CODE).to_pylist(),
+        grouped.column("count_all").to_pylist(), strict=True)}

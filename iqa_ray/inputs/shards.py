@@ -28,8 +28,8 @@ from iqa_ray.inputs.tables import manifest_units, table_unit_uris
 from iqa_ray.inputs.unit import Unit
 from iqa_ray.schema import MANIFEST_SCHEMA, Col
 
-_ID_SPACE = 1 << 63  # image ids are non-negative int64
-_ROW_GROUP = 16_384  # rows per Parquet row group in parts and shards: cheap range pruning
+ID_SPACE = 1 << 63  # image ids are non-negative int64
+ROW_GROUP = 16_384  # rows per Parquet row group in parts and shards: cheap range pruning
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,9 @@ class Shards:
     uris: tuple[str, ...]
     rows: tuple[int, ...]
     pending: tuple[int, ...]
+    # Id range of shard i: [bounds[i], bounds[i + 1]); ranges past the last shard (cut by
+    # ``limit``) hold no manifest rows but may hold committed ones.
+    bounds: tuple[int, ...] = ()
 
     @property
     def images(self) -> int:
@@ -85,7 +88,7 @@ def load_unit(unit: Unit, cfg: InputConfig, part_uri: str, out_options: dict[str
     order = np.argsort(ids, kind="stable")
     table = pa.table({Col.IMAGE_ID: ids[order], Col.URI: pa.array(uris, pa.string()).take(order)},
                      schema=MANIFEST_SCHEMA)
-    io.write_parquet_atomic(part_uri, table, out_options, row_group_size=_ROW_GROUP)
+    io.write_parquet_atomic(part_uri, table, out_options, row_group_size=ROW_GROUP)
     return table.num_rows
 
 
@@ -99,7 +102,7 @@ def merge_range(
     pieces = [_read_id_range(uri, lo, hi, out_options) for uri in part_uris]
     table = pa.concat_tables(pieces) if pieces else MANIFEST_SCHEMA.empty_table()
     table = unique_rows(table)
-    io.write_parquet_atomic(shard_uri, table, out_options, row_group_size=_ROW_GROUP)
+    io.write_parquet_atomic(shard_uri, table, out_options, row_group_size=ROW_GROUP)
     return table.num_rows, count_pending(table.column(Col.IMAGE_ID).to_numpy(), done)
 
 
@@ -130,31 +133,37 @@ def build_shards(
     cfg: InputConfig,
     folder: str,
     out_options: dict[str, Any],
-    done: np.ndarray,
+    done: np.ndarray | None,
     shard_rows: int,
     parallelism: int,
 ) -> Shards:
-    """The whole manifest of a run as shards under ``folder`` (replacing any older ones)."""
+    """The whole manifest of a run as shards under ``folder`` (replacing any older ones).
+
+    ``done``: ids counted as not pending (None: count every row as pending; the scoring job
+    computes its resume state afterwards with :mod:`iqa_ray.inputs.state`, off the driver).
+    """
     io.delete_tree(folder, out_options)
     units = plan_units(cfg, parallelism)
     tmp = io.join(folder, "_parts")
     parts = [io.join(tmp, f"unit-{i:06d}.parquet") for i in range(len(units))]
     counts = _map(load_unit, [(u, cfg, p, out_options) for u, p in zip(units, parts, strict=True)])
     n_shards = max(1, math.ceil(sum(counts) / shard_rows))
-    bounds = [i * _ID_SPACE // n_shards for i in range(n_shards + 1)]
+    bounds = [i * ID_SPACE // n_shards for i in range(n_shards + 1)]
     done_arg = _shared(done, n_shards)
     live = [p for p, n in zip(parts, counts, strict=True) if n]
     outs = [shard_uri(folder, i) for i in range(n_shards)]
     merged = _map(merge_range, [(live, bounds[i], bounds[i + 1], outs[i], out_options, done_arg)
                                 for i in range(n_shards)])
     io.delete_tree(tmp, out_options)
-    shards = Shards(tuple(outs), tuple(m[0] for m in merged), tuple(m[1] for m in merged))
+    shards = Shards(tuple(outs), tuple(m[0] for m in merged), tuple(m[1] for m in merged),
+                    tuple(bounds))
     if cfg.limit is not None and cfg.limit < shards.images:
         shards = _truncate(shards, cfg.limit, out_options, done)
     return shards
 
 
-def _truncate(shards: Shards, limit: int, options: dict[str, Any], done: np.ndarray) -> Shards:
+def _truncate(shards: Shards, limit: int, options: dict[str, Any],
+              done: np.ndarray | None) -> Shards:
     """Keep the first ``limit`` rows in shard order (sorted by URI within each shard)."""
     uris, rows, pending, left = [], [], [], limit
     for uri, n, p in zip(shards.uris, shards.rows, shards.pending, strict=True):
@@ -163,13 +172,13 @@ def _truncate(shards: Shards, limit: int, options: dict[str, Any], done: np.ndar
             continue
         if n > left:
             table = io.read_parquet(uri, options).slice(0, left)
-            io.write_parquet_atomic(uri, table, options, row_group_size=_ROW_GROUP)
+            io.write_parquet_atomic(uri, table, options, row_group_size=ROW_GROUP)
             n, p = left, count_pending(table.column(Col.IMAGE_ID).to_numpy(), done)
         uris.append(uri)
         rows.append(n)
         pending.append(p)
         left -= n
-    return Shards(tuple(uris), tuple(rows), tuple(pending))
+    return Shards(tuple(uris), tuple(rows), tuple(pending), shards.bounds)
 
 
 def missing_images(shards: Shards, options: dict[str, Any], done: np.ndarray) -> int:
@@ -185,9 +194,9 @@ def _shard_missing(uri: str, options: dict[str, Any], done: Any) -> int:
     return count_pending(ids, done)
 
 
-def _shared(done: np.ndarray, tasks: int) -> Any:
+def _shared(done: np.ndarray | None, tasks: int) -> Any:
     """``done`` as it is for one task, or put in the object store once for several."""
-    if tasks <= 1:
+    if tasks <= 1 or done is None:
         return done
     import ray
 

@@ -1,7 +1,8 @@
 """All storage access (fsspec): the only package that talks to local disks and buckets.
 
 ``core`` resolves URIs, reads with bounded retry and writes atomically; ``tables`` reads and
-writes JSON, Parquet and CSV; ``listing`` lists prefixes and S3 key pages; ``cache`` copies
+writes JSON, Parquet and CSV; ``listing`` lists prefixes and S3 key pages; ``streams`` streams
+large objects (shards) with resumable reads and writes them atomically; ``cache`` copies
 model folders from a bucket to a node-local cache. Callers pass URIs plus non-secret
 ``storage_options``; Ray readers get a pyarrow filesystem from :func:`pyarrow_filesystem`.
 """
@@ -26,6 +27,7 @@ from iqa_ray.io.core import (
     write_bytes_atomic,
 )
 from iqa_ray.io.listing import Location, bucket_prefix, list_files, list_page, lists_key_ranges
+from iqa_ray.io.streams import RetryingReader, atomic_writer, object_sizes, open_stream
 from iqa_ray.io.tables import (
     list_parquet,
     parquet_metadata,
@@ -41,6 +43,8 @@ from iqa_ray.io.tables import (
 __all__ = [
     "Location",
     "RetryConfig",
+    "RetryingReader",
+    "atomic_writer",
     "bucket_prefix",
     "copy_object",
     "delete",
@@ -55,6 +59,8 @@ __all__ = [
     "list_parquet",
     "lists_key_ranges",
     "local_model_cache",
+    "object_sizes",
+    "open_stream",
     "parquet_metadata",
     "pyarrow_filesystem",
     "read_bytes",

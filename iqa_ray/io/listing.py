@@ -96,6 +96,14 @@ class Location:
         """Every file path below this folder (recursive)."""
         return list(self.fs.find(self.path))
 
+    def find_sizes(self) -> dict[str, int]:
+        """Every file below this folder (recursive; this file itself if it is one) -> size."""
+        return _files(self.fs.find(self.path, detail=True))
+
+    def glob_sizes(self) -> dict[str, int]:
+        """Files matching this location as a glob pattern -> size."""
+        return _files(self.fs.glob(self.path, detail=True))
+
     def entries(self) -> tuple[list[str], list[str]]:
         """(sub-folder paths, file paths) directly under this folder."""
         found = self.fs.ls(self.path, detail=True)
@@ -120,3 +128,8 @@ class Location:
     ) -> tuple[list[str], list[str], bool]:
         """One S3 list page under this folder (see :func:`list_page`)."""
         return list_page(self.fs, self.path, start_after, max_keys, delimiter)
+
+
+def _files(found: dict[str, Any]) -> dict[str, int]:
+    """path -> size of the files (not folders) of a detailed listing."""
+    return {p: int(i.get("size") or 0) for p, i in found.items() if i.get("type") != "directory"}

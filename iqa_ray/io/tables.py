@@ -76,14 +76,25 @@ def parquet_metadata(uri: str, storage_options: dict[str, Any] | None) -> Any:
 
 
 def read_row_groups(
-    uri: str, storage_options: dict[str, Any] | None, select: Callable[[Any], list[int]]
+    uri: str,
+    storage_options: dict[str, Any] | None,
+    select: Callable[[Any], list[int]],
+    columns: list[str] | None = None,
 ) -> pa.Table | None:
-    """The row groups ``select(metadata)`` names, read in one open; None when it names none."""
+    """The row groups ``select(metadata)`` names, read in one open; None when it names none.
+
+    ``columns``: read only these (those the file lacks are left out, not an error).
+    """
     fs, path = filesystem(uri, storage_options)
     with fs.open(path, "rb") as handle:
         reader = pq.ParquetFile(handle)
         groups = select(reader.metadata)
-        return reader.read_row_groups(groups) if groups else None
+        if not groups:
+            return None
+        if columns is not None:
+            present = set(reader.schema_arrow.names)
+            columns = [c for c in columns if c in present]
+        return reader.read_row_groups(groups, columns=columns)
 
 
 def read_csv(

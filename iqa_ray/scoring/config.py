@@ -172,7 +172,7 @@ class RunConfig(StrictModel):
             if options:
                 model["options"] = options
         return {
-            "input": self.input.model_dump(include={"uri", "manifest", "manifest_uri_column"}),
+            "input": self.input.result_fields(),
             "model": model,
             "methods": [m.model_dump() for m in self.methods],
             "image": self.image.model_dump(include={"max_pixels", "min_side", "max_bytes"}),

@@ -3,7 +3,8 @@
 The score table has one row per (image_id, method): ``score`` (null on failure), ``status``
 (``ok`` or ``error``, :func:`iqa_ray.schema.row_status`), the error columns, ``attempt``, the
 original size, and each method's extra columns (null for the rows of other methods). Its
-schema is fixed by the run's methods, so every file of a run agrees.
+schema is fixed by the run's methods, so every file of a run agrees. A corpus input
+(WebDataset, Parquet) adds ``source``, ``key`` and any carried ``carry_<name>`` columns.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from iqa_ray.schema import Batch, Col, row_status
+from iqa_ray.schema import CARRY_PREFIX, Batch, Col, carry_column, row_status
 
 if TYPE_CHECKING:
+    from iqa_ray.inputs.config import InputConfig
     from iqa_ray.methods import MethodResult, ScoringMethod
 
+_PER_IMAGE = (Col.IMAGE_ID, Col.URI, Col.WIDTH, Col.HEIGHT)
 _BASE_FIELDS = [
     pa.field(Col.IMAGE_ID, pa.int64(), nullable=False),
     pa.field(Col.URI, pa.string()),
@@ -33,6 +36,14 @@ _BASE_FIELDS = [
     pa.field(Col.WIDTH, pa.int32()),
     pa.field(Col.HEIGHT, pa.int32()),
 ]
+
+
+def input_fields(cfg: InputConfig) -> list[pa.Field]:
+    """Per-image columns the input adds (none for objects: their tables keep the 0.2 layout)."""
+    if not cfg.is_corpus:
+        return []
+    return [pa.field(Col.SOURCE, pa.string()), pa.field(Col.KEY, pa.string()),
+            *(pa.field(carry_column(n), pa.string()) for n in cfg.carry)]
 
 
 def _sep(label: str, column: str) -> str:
@@ -51,15 +62,19 @@ def extra_fields(
     return [pa.field(n, t) for n, t in fields.items()]
 
 
-def long_schema(methods: Sequence[tuple[str, type[ScoringMethod] | ScoringMethod]]) -> pa.Schema:
-    """Schema of the score table of a run with these (label, method) pairs."""
-    return pa.schema(_BASE_FIELDS + extra_fields(methods))
+def long_schema(methods: Sequence[tuple[str, type[ScoringMethod] | ScoringMethod]],
+                inputs: Sequence[pa.Field] = ()) -> pa.Schema:
+    """Schema of the score table of a run with these (label, method) pairs (``inputs``: see
+    :func:`input_fields`)."""
+    return pa.schema(_BASE_FIELDS + list(inputs) + extra_fields(methods))
 
 
-def wide_schema(methods: Sequence[tuple[str, ScoringMethod]]) -> pa.Schema:
+def wide_schema(methods: Sequence[tuple[str, ScoringMethod]],
+                inputs: Sequence[pa.Field] = ()) -> pa.Schema:
     """Schema of the score stage's output: one row per image, columns per method."""
     long_only = (Col.METHOD, Col.SCORE, Col.STATUS, Col.ATTEMPT)
     fields = [f for f in _BASE_FIELDS if f.name not in long_only]
+    fields += list(inputs)
     for label, method in methods:
         fields += [
             pa.field(_sep(label, Col.SCORE), pa.float64()),
@@ -89,6 +104,9 @@ def wide_table(
         Col.ERROR_CODE: [str(v) or None for v in batch[Col.ERROR_CODE]],
         Col.ERROR_MESSAGE: [str(v) or None for v in batch[Col.ERROR_MESSAGE]],
     }
+    for field in schema:  # the input's per-image columns ("" between stages: absent)
+        if _is_input(field.name):
+            data[field.name] = [str(v) or None for v in batch[field.name]]
     position = {row: k for k, row in enumerate(ok)}
     for label, result in results.items():
         for column, values in result.columns.items():
@@ -117,7 +135,7 @@ def long_table(wide: pa.Table, labels: Sequence[str], attempt: int, schema: pa.S
                 columns[name] = pa.array([label] * n, pa.string())
             elif name == Col.ATTEMPT:
                 columns[name] = pa.array(np.full(n, attempt, dtype=np.int32))
-            elif name in (Col.IMAGE_ID, Col.URI, Col.WIDTH, Col.HEIGHT):
+            elif name in _PER_IMAGE or _is_input(name):
                 columns[name] = wide.column(name).cast(field.type)
             elif name == Col.STATUS:
                 codes = wide.column(_sep(label, Col.ERROR_CODE)).to_pylist()
@@ -132,6 +150,11 @@ def long_table(wide: pa.Table, labels: Sequence[str], attempt: int, schema: pa.S
         table, sort_keys=[(Col.IMAGE_ID, "ascending"), (Col.METHOD, "ascending")]
     )
     return table.take(order)
+
+
+def _is_input(name: str) -> bool:
+    """A per-image column added by a corpus input (see :func:`input_fields`)."""
+    return name in (Col.SOURCE, Col.KEY) or name.startswith(CARRY_PREFIX)
 
 
 def part_name(image_ids: np.ndarray, attempt: int) -> str:

@@ -55,23 +55,27 @@ def _clock(seconds: float) -> str:
 
 
 def format_progress(done: int, total: int, committed: int, elapsed: float, rate: float | None,
-                    errors: dict[str, int], bar: bool = False) -> str:
+                    errors: dict[str, int], bar: bool = False, estimate: bool = False) -> str:
     """One progress line: done/total, percent, rate, ETA, committed images, error rows by code.
 
     Before the first batch (``done == 0``) the line says the run is starting (actors loading the
-    model). ``bar`` draws a fixed-width bar in front (terminal mode).
+    model). ``bar`` draws a fixed-width bar in front (terminal mode). ``estimate``: the total is
+    an estimate (shards not read yet), shown as ``~N`` and raised to ``done`` when exceeded;
+    an exact total caps ``done`` (an actor that dies after reporting is counted twice).
     """
+    total = max(total, done) if estimate else total
     done = min(done, total)
+    shown = f"~{total}" if estimate else f"{total}"
     pct = 100.0 * done / total if total else 100.0
     if done == 0:
-        body = f"0/{total} images, starting ({_clock(elapsed)}: actors loading the model)"
-    elif done == total and committed < total:
+        body = f"0/{shown} images, starting ({_clock(elapsed)}: actors loading the model)"
+    elif done == total and committed < total and not estimate:
         body = (f"{done}/{total} images scored, writing the last files (committed {committed}), "
                 f"elapsed {_clock(elapsed)}")
     else:
         speed = f"{rate:.2f} images/s" if rate else "rate n/a"
         eta = _clock((total - done) / rate) if rate else "n/a"
-        body = (f"{done}/{total} images ({pct:.1f}%), {speed}, ETA {eta}, "
+        body = (f"{done}/{shown} images ({pct:.1f}%), {speed}, ETA {eta}, "
                 f"elapsed {_clock(elapsed)}, committed {committed}")
     if errors:
         body += ", errors: " + " ".join(f"{c}={n}" for c, n in sorted(errors.items()))
@@ -86,6 +90,7 @@ class ProgressPrinter:
 
     Args:
         total: images this attempt scores.
+        estimate: whether ``total`` is only an estimate (a corpus's unread shards).
         counter: the counter actor's handle (``snapshot`` is called remotely).
         stream: where lines go (stdout: ``ray job logs --follow`` shows them).
         interval: seconds between lines (default from ``IQA_RAY_PROGRESS_S``, else 5, or 1 on
@@ -93,8 +98,8 @@ class ProgressPrinter:
     """
 
     def __init__(self, total: int, counter: Any, stream: TextIO | None = None,
-                 interval: float | None = None) -> None:
-        self.total, self.counter = total, counter
+                 interval: float | None = None, estimate: bool = False) -> None:
+        self.total, self.counter, self.estimate = total, counter, estimate
         self.stream = stream or sys.stdout
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         default = 1.0 if self.tty else 5.0
@@ -140,15 +145,16 @@ class ProgressPrinter:
             return
         now = time.monotonic()
         line = format_progress(done, self.total, self.committed, now - self._start,
-                               self._rate(now, done), errors, bar=self.tty)
+                               self._rate(now, done), errors, bar=self.tty,
+                               estimate=self.estimate)
         end = "\n" if final or not self.tty else ""
         self.stream.write(("\r" + line + "\x1b[K" if self.tty else line) + end)
         self.stream.flush()
 
 
-def start_progress(total: int) -> tuple[Any, ProgressPrinter]:
+def start_progress(total: int, estimate: bool = False) -> tuple[Any, ProgressPrinter]:
     """A counter actor (no CPU reserved) and its printer, started."""
     import ray
 
     counter = ray.remote(num_cpus=0)(ProgressCounter).remote()
-    return counter, ProgressPrinter(total, counter).start()
+    return counter, ProgressPrinter(total, counter, estimate=estimate).start()

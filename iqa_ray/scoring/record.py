@@ -9,15 +9,12 @@ import platform
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
 from iqa_ray import io
 from iqa_ray._version import __version__
 from iqa_ray.errors import ConfigError
-from iqa_ray.inputs import done as done_set
-from iqa_ray.inputs.shards import Shards, missing_images
+from iqa_ray.inputs.state import Counts
 from iqa_ray.methods import get_method
-from iqa_ray.schema import RETRYABLE_CODES, Col, Status, row_status
+from iqa_ray.schema import RETRYABLE_CODES, Status, row_status
 from iqa_ray.scoring.config import RunConfig
 
 logger = logging.getLogger(__name__)
@@ -42,6 +39,16 @@ class RunPaths:
         return io.join(self.root, "manifest")
 
     @property
+    def index(self) -> str:
+        """Corpus runs: one index per unit read (sample ids, outcome)."""
+        return io.join(self.root, "index")
+
+    @property
+    def state(self) -> str:
+        """Working files of one attempt's resume state (pending rows, done ids by source)."""
+        return io.join(self.root, "state")
+
+    @property
     def success(self) -> str:
         return io.join(self.root, "_SUCCESS")
 
@@ -56,9 +63,12 @@ class RunResult:
 
     @property
     def infra_failures(self) -> int:
-        """Rows whose error is retryable (fetch or model failures), not the input's fault."""
+        """Rows whose error is retryable (fetch or model failures), not the input's fault, plus
+        corpus units (shards, tables) that could not be read to their end."""
         by_code = self.summary["rows_by_error_code"]
-        return sum(n for code, n in by_code.items() if code in RETRYABLE_CODES)
+        rows = sum(n for code, n in by_code.items() if code in RETRYABLE_CODES)
+        # A shard or table that could not be read to its end may hide samples: re-read it.
+        return rows + int(self.summary.get("units_failed", 0))
 
 
 def run_paths(cfg: RunConfig) -> RunPaths:
@@ -131,49 +141,37 @@ def mark_failed(paths: RunPaths, record: dict[str, Any], exc: BaseException,
         logger.warning("could not mark %s failed: %s", paths.run_json, write_error)
 
 
-def summarize(keys: pa.Table, shards: Shards, methods: list[str],
-              storage_options: dict[str, Any]) -> dict[str, Any]:
-    """Counts derived from the committed rows: by method and error code, and reconciliation."""
-    latest = done_set.latest_rows(keys)
-    counts = _counts(latest)
+def summarize(counts: Counts, methods: list[str], **extra: Any) -> dict[str, Any]:
+    """The run's counts, summed by the state tasks from the committed rows: by method and error
+    code, and reconciliation against the input. ``extra``: input-specific entries
+    (``manifest_shards`` for objects; units and unit failures for a corpus)."""
     by_code: dict[str, int] = {}
-    for (_, code), n in counts.items():
+    for (_, code), n in counts.by_code.items():
         by_code[code] = by_code.get(code, 0) + n
-    done = done_set.done_ids(keys, methods, retry_errors=False)
     return {
-        "images": shards.images,
-        "manifest_shards": len(shards.uris),
+        "images": counts.images,
+        **extra,
         "methods": methods,
-        "rows_expected": int(shards.images * len(methods)),
-        "rows_written": int(keys.num_rows),
-        "rows_current": int(latest.num_rows),
-        "rows_superseded": int(keys.num_rows - latest.num_rows),
-        "rows_by_method": {m: sum(n for (mm, _), n in counts.items() if mm == m) for m in methods},
+        "rows_expected": int(counts.images * len(methods)),
+        "rows_written": counts.rows_written,
+        "rows_current": counts.rows_current,
+        "rows_superseded": counts.rows_written - counts.rows_current,
+        "rows_by_method": {m: sum(n for (mm, _), n in counts.by_code.items() if mm == m)
+                           for m in methods},
         "rows_by_error_code": dict(sorted(by_code.items())),
-        "images_missing": missing_images(shards, storage_options, done),
-        **status_counts(latest, methods),
+        "images_missing": counts.missing,
+        **status_counts(counts.by_code, methods),
     }
 
 
-def _counts(latest: pa.Table) -> dict[tuple[str, str], int]:
-    """Current rows per (method, error code or "ok"), aggregated in Arrow (no per-row objects)."""
-    if latest.num_rows == 0:
-        return {}
-    grouped = latest.select([Col.METHOD, Col.ERROR_CODE]).group_by(
-        [Col.METHOD, Col.ERROR_CODE]).aggregate([([], "count_all")])
-    return {(m, c or str(Status.OK)): int(n) for m, c, n in zip(
-        grouped.column(Col.METHOD).to_pylist(), grouped.column(Col.ERROR_CODE).to_pylist(),
-        grouped.column("count_all").to_pylist(), strict=True)}
-
-
-def status_counts(latest: pa.Table, methods: list[str]) -> dict[str, Any]:
+def status_counts(by_code: dict[tuple[str, str], int], methods: list[str]) -> dict[str, Any]:
     """Current rows by status (ok/error), by method and error code, and the infrastructure
     failures among them (retryable codes: the job's exit status and ``--retry-errors`` key on it).
     """
     per_method: dict[str, dict[str, int]] = {m: {} for m in methods}
     by_status = {str(Status.OK): 0, str(Status.ERROR): 0}
     infra = 0
-    for (method, code), n in _counts(latest).items():
+    for (method, code), n in by_code.items():
         if method in per_method:
             per_method[method][code] = n
         # The score table's ``status`` column applies the same rule to the same error code.

@@ -14,6 +14,7 @@ from iqa_ray import io
 from iqa_ray.distortions import apply_distortion
 from iqa_ray.errors import RowError
 from iqa_ray.images import load_image
+from iqa_ray.inputs.state import SCORE_ROW_GROUP
 from iqa_ray.methods import ImageBatch, ScoringMethod, VariantSpec, get_method, method_context
 from iqa_ray.schema import Batch, Col, ErrorCode, variant_column
 from iqa_ray.scoring import outputs, progress
@@ -158,7 +159,9 @@ class DecodeImages:
             for column in columns:
                 default = 0 if column in (Col.HEIGHT, Col.WIDTH) else _PLACEHOLDER
                 rows[column].append(result.get(column, default))
-        out = {Col.IMAGE_ID: batch[Col.IMAGE_ID], Col.URI: batch[Col.URI]}
+        # Ids, URIs and any per-image columns of the input (source, key, carried) pass through.
+        replaced = (Col.BYTES, Col.ERROR_CODE, Col.ERROR_MESSAGE)
+        out = {c: v for c, v in batch.items() if c not in replaced}
         out.update({c: object_array(v) for c, v in rows.items()})
         out[Col.HEIGHT] = np.asarray(rows[Col.HEIGHT], dtype=np.int32)
         out[Col.WIDTH] = np.asarray(rows[Col.WIDTH], dtype=np.int32)
@@ -178,7 +181,7 @@ class ScoreImages:
         self._ctx = method_context(cfg.model, cfg.image)
         for _, method in self._methods:
             method.setup(self._ctx)  # loads the model once and checks every word
-        self._schema = outputs.wide_schema(self._methods)
+        self._schema = outputs.wide_schema(self._methods, outputs.input_fields(cfg.input))
 
     def __call__(self, batch: Batch) -> pa.Table:
         check_columns(batch, self.requires, type(self).__name__)
@@ -206,9 +209,12 @@ class ScoreImages:
 def write_scores(table: pa.Table, *, cfg: RunConfig, scores_uri: str, attempt: int) -> pa.Table:
     """Write stage (task): one committed Parquet file per batch of whole images."""
     methods = [(spec.name, get_method(spec.method)) for spec in cfg.methods]
-    long = outputs.long_table(table, [m[0] for m in methods], attempt, outputs.long_schema(methods))
+    schema = outputs.long_schema(methods, outputs.input_fields(cfg.input))
+    long = outputs.long_table(table, [m[0] for m in methods], attempt, schema)
     name = outputs.part_name(table.column(Col.IMAGE_ID).to_numpy(), attempt)
-    io.write_parquet_atomic(io.join(scores_uri, name), long, cfg.output.storage_options)
+    # Small row groups let resume-state tasks read only the id ranges they own.
+    io.write_parquet_atomic(io.join(scores_uri, name), long, cfg.output.storage_options,
+                            row_group_size=SCORE_ROW_GROUP)
     errors = long.column(Col.ERROR_CODE).null_count
     return pa.table(
         {"file": [name], "images": [table.num_rows], "rows": [long.num_rows],
