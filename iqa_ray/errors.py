@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 from iqa_ray.schema import ErrorCode
 
 
@@ -28,3 +31,11 @@ class RowError(IqaRayError):
         super().__init__(f"{code}: {message}")
         self.code = ErrorCode(code)
         self.message = message
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:
+    """The error for a registry lookup that failed: a did-you-mean hint and the known names."""
+    names = sorted(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}{hint} (known: {names})")

@@ -278,15 +278,7 @@ def run_evaluation(job: EvaluateJobConfig) -> EvaluationOutcome:
         io.write_parquet_atomic(io.join(uri, "splits.parquet"), pa.Table.from_pandas(per_split),
                                 opts)
         medians = split_medians(per_split)
-    images: list[str] = []
-    if job.plots:
-        scores = {m: valid_scores(frame, m) for m in methods}
-        pngs = {plot_name(m): plots.scatter_png(scores[m], frame[MOS], m) for m in methods}
-        all_scores = pd.DataFrame({m: valid_scores(wide, m) for m in methods})
-        pngs["histograms.png"] = plots.histograms_png(all_scores, methods)
-        for name, data in pngs.items():
-            io.write_bytes_atomic(io.join(uri, name), data, opts)
-        images = list(pngs)
+    images = _write_plots(uri, wide, frame, methods, opts) if job.plots else []
     io.write_bytes_atomic(
         io.join(uri, "report.md"), render_report(job, table, info, images, medians).encode(), opts
     )
@@ -301,11 +293,20 @@ def run_evaluation(job: EvaluateJobConfig) -> EvaluationOutcome:
         summary.update(split_medians=_records(medians), splits=job.splits)
         summary["files"].append("splits.parquet")
     io.write_json_atomic(io.join(uri, "summary.json"), summary, opts)  # written last
-    logger.info(
-        "evaluation %s: %d images with labels, %d methods -> %s",
-        job.name,
-        len(frame),
-        len(methods),
-        uri,
-    )
+    logger.info("evaluation %s: %d images with labels, %d methods -> %s",
+                job.name, len(frame), len(methods), uri)
     return EvaluationOutcome(uri, table, summary)
+
+
+def _write_plots(uri: str, wide: pd.DataFrame, frame: pd.DataFrame, methods: list[str],
+                 storage_options: dict[str, Any]) -> list[str]:
+    """A scatter plot per method (score vs MOS) and the score histograms; their file names."""
+    from iqa_ray.analysis import plots
+
+    pngs = {plot_name(m): plots.scatter_png(valid_scores(frame, m), frame[MOS], m)
+            for m in methods}
+    all_scores = pd.DataFrame({m: valid_scores(wide, m) for m in methods})
+    pngs["histograms.png"] = plots.histograms_png(all_scores, methods)
+    for name, data in pngs.items():
+        io.write_bytes_atomic(io.join(uri, name), data, storage_options)
+    return list(pngs)

@@ -8,10 +8,9 @@ explicitly wins (``model.dtype: auto`` keeps picking bf16 on GPU, float32 on CPU
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
-from iqa_ray.errors import ConfigError
+from iqa_ray.errors import unknown_name
 
 
 @dataclass(frozen=True)
@@ -69,9 +68,7 @@ def get_preset(name: str) -> ModelPreset:
     """Look a preset up; unknown names raise ``ConfigError`` with a did-you-mean hint."""
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, PRESETS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown model preset {name!r}{hint} (known: {sorted(PRESETS)})")
+    raise unknown_name("model preset", name, PRESETS)
 
 
 def list_presets() -> list[ModelPreset]:

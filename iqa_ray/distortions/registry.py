@@ -6,14 +6,13 @@ so priors are identical across reruns and processes.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from iqa_ray.errors import ConfigError
+from iqa_ray.errors import ConfigError, unknown_name
 
 DistortionFn = Callable[..., np.ndarray]
 ParamValue = float | int | tuple[float, ...]
@@ -89,9 +88,7 @@ def get_distortion(name: str) -> DistortionInfo:
     """Look a distortion up by name; raises ``ConfigError`` with a did-you-mean hint."""
     if name in DISTORTIONS:
         return DISTORTIONS[name]
-    close = difflib.get_close_matches(name, list(DISTORTIONS), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown distortion {name!r}{hint} Known: {', '.join(list_distortions())}")
+    raise unknown_name("distortion", name, DISTORTIONS)
 
 
 def list_distortions() -> list[str]:

@@ -3,10 +3,9 @@ with did-you-mean errors for unknown names."""
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
-from iqa_ray.errors import ConfigError
+from iqa_ray.errors import unknown_name
 from iqa_ray.methods.base import ScoringMethod
 
 METHODS: dict[str, type[ScoringMethod]] = {}
@@ -29,9 +28,7 @@ def get_method(name: str) -> type[ScoringMethod]:
     """Look a method up by name; unknown names raise ConfigError with a suggestion."""
     if name in METHODS:
         return METHODS[name]
-    close = difflib.get_close_matches(name, METHODS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown method {name!r}{hint} (known: {sorted(METHODS)})")
+    raise unknown_name("method", name, METHODS)
 
 
 def list_methods() -> list[str]:

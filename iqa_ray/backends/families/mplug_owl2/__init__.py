@@ -47,8 +47,7 @@ fixture's (``tokenizer.model`` is required).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from iqa_ray.backends.families import lazy_exports
 
 _EXPORTS = {
     "MplugOwl2Config": "configuration",
@@ -68,8 +67,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    return getattr(module, name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -43,8 +43,7 @@ the remote code (the fixture used the EgoThink snapshot of September 2024).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from iqa_ray.backends.families import lazy_exports
 
 _EXPORTS = {
     "MplugOwl3Config": "configuration",
@@ -67,9 +66,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Lazy re-exports: importing the package does not import torch or transformers."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
-    return getattr(module, name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
