@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -211,7 +212,8 @@ class SharedPrefixRunner:
         if groups[0].prefix_len:
             seqs = [encoded[g.members[0]].keys[: g.prefix_len] for g in groups]
             out, mask = self._forward(seqs, [0] * len(groups), bank)
-            prefix = _Prefix(out.past_key_values, mask)
+            # Not out.get("cache", out.past_key_values): that reads the deprecated name too.
+            prefix = _Prefix(out["cache"] if "cache" in out else out.past_key_values, mask)  # noqa: SIM401
         rows = [(i, slot) for slot, g in enumerate(groups) for i in g.members]
         rows.sort(key=lambda r: len(encoded[r[0]].keys) - groups[r[1]].prefix_len)
         width = 0 if prefix is None else int(prefix.mask.shape[1])
@@ -280,7 +282,7 @@ class SharedPrefixRunner:
             layer = shared_prefix_layer_class()
             cache = DynamicCache()
             cache.layers = [layer(k, v, index) for k, v, *_ in prefix.cache]
-            kwargs["past_key_values"] = cache
+            kwargs[cache_argument(type(b.model))] = cache
             full_mask = torch.cat([prefix.mask.index_select(0, index), mask], dim=1)
         with b.stats.cpu_time("device_cpu_s"):
             out = b.model(
@@ -309,6 +311,14 @@ class SharedPrefixRunner:
             mask[r, width - len(seq) :] = 1
             images[r, width - len(seq) :] = torch.from_numpy(image)
         return ids.to(b.device), mask.to(b.device), images.to(b.device)
+
+
+@functools.cache
+def cache_argument(model_class: type) -> str:
+    """The forward's name for a KV cache: ``cache`` where the model takes it (transformers 5.24
+    renamed ``past_key_values``, to be removed in 5.40), else ``past_key_values``."""
+    parameters = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 @functools.cache
