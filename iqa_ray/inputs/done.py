@@ -86,13 +86,6 @@ def not_done(ids: np.ndarray, done: np.ndarray) -> np.ndarray:
     return ~np.isin(ids, done)
 
 
-def pending(manifest: pa.Table, done: np.ndarray) -> pa.Table:
-    """Anti-join: manifest rows whose image_id is not done."""
-    if len(done) == 0:
-        return manifest
-    return manifest.filter(pa.array(not_done(manifest.column(Col.IMAGE_ID).to_numpy(), done)))
-
-
 def count_pending(ids: np.ndarray, done: Any) -> int:
     """How many ids are not in ``done`` (an int64 array, an object ref to one, or None)."""
     if done is None:

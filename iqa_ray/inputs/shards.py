@@ -181,19 +181,6 @@ def _truncate(shards: Shards, limit: int, options: dict[str, Any],
     return Shards(tuple(uris), tuple(rows), tuple(pending), shards.bounds)
 
 
-def missing_images(shards: Shards, options: dict[str, Any], done: np.ndarray) -> int:
-    """Manifest images not in ``done`` (one task per shard when there are several)."""
-    if not shards.uris:
-        return 0
-    done_arg = _shared(done, len(shards.uris))
-    return sum(_map(_shard_missing, [(uri, options, done_arg) for uri in shards.uris]))
-
-
-def _shard_missing(uri: str, options: dict[str, Any], done: Any) -> int:
-    ids = io.read_parquet(uri, options, [Col.IMAGE_ID]).column(Col.IMAGE_ID).to_numpy()
-    return count_pending(ids, done)
-
-
 def _shared(done: np.ndarray | None, tasks: int) -> Any:
     """``done`` as it is for one task, or put in the object store once for several."""
     if tasks <= 1 or done is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import platform
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from iqa_ray import io
@@ -130,11 +131,9 @@ def mark_failed(paths: RunPaths, record: dict[str, Any], exc: BaseException,
                 storage_options: dict[str, Any]) -> None:
     """Rewrite run.json with ``status: failed`` and the reason (best effort: the original error
     is what the caller raises). Committed rows stay; a rerun with the same run id resumes."""
-    import datetime as _dt
-
     reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:2000]
     failed = {**record, "status": "failed", "error": reason,
-              "finished_at": _dt.datetime.now(_dt.UTC).isoformat()}
+              "finished_at": datetime.now(UTC).isoformat()}
     try:
         io.write_json_atomic(paths.run_json, failed, storage_options)
     except Exception as write_error:  # storage itself may be what failed

@@ -114,9 +114,10 @@ def test_pending_counts_and_limit(tmp_path: Path) -> None:
     done = np.array([ids.image_id(u) for u in expected[:7]] + [12345], dtype=np.int64)
     shards = listing.build_shards(cfg, str(tmp_path / "m"), {}, done, shard_rows=6, parallelism=4)
     assert shards.images == 20 and shards.pending_images == 13
-    assert listing.missing_images(shards, {}, done) == 13
     all_done = np.array([ids.image_id(u) for u in expected])
-    assert listing.missing_images(shards, {}, all_done) == 0
+    nothing_left = listing.build_shards(cfg, str(tmp_path / "m"), {}, all_done, shard_rows=6,
+                                        parallelism=4)
+    assert nothing_left.images == 20 and nothing_left.pending_images == 0
     first = [u for t in _read_shards(shards) for u in t.column(Col.URI).to_pylist()][:9]
     limited = listing.build_shards(cfg.model_copy(update={"limit": 9}), str(tmp_path / "m"), {},
                                    NO_DONE, shard_rows=6, parallelism=4)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from iqa_ray.backends.config import ModelConfig
-from iqa_ray.io import is_remote, local_model_cache
+from iqa_ray.backends.sources import local_model_path
 
 # Files a processor loads (never the weights): what a CPU node copies from a bucket model.
 PROCESSOR_FILES = ("*.json", "*.txt", "*.model", "*.jinja")
@@ -76,9 +76,11 @@ def standard_plan(image_processor: Any) -> PixelPlan | None:
     ip = image_processor
     if getattr(ip, "do_pad", False) or not (ip.do_rescale and ip.do_normalize):
         return None
-    probe = _geometry_of(ip)(np.zeros((37, 53, 3), np.uint8))
-    return PixelPlan(_geometry_of(ip), (int(probe.shape[0]), int(probe.shape[1])),
-                     float(ip.rescale_factor), _triple(ip.image_mean), _triple(ip.image_std))
+    geometry = _geometry_of(ip)
+    probe = geometry(np.zeros((37, 53, 3), np.uint8))  # the output size, whatever the input
+    return PixelPlan(geometry, (int(probe.shape[0]), int(probe.shape[1])),
+                     float(ip.rescale_factor), channel_triple(ip.image_mean),
+                     channel_triple(ip.image_std))
 
 
 def _geometry_of(ip: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -92,7 +94,8 @@ def _geometry_of(ip: Any) -> Callable[[np.ndarray], np.ndarray]:
     return geometry
 
 
-def _triple(values: Any) -> tuple[float, float, float]:
+def channel_triple(values: Any) -> tuple[float, float, float]:
+    """Per-channel values (mean, std) as three floats; one number stands for all three."""
     a, b, c = (float(v) for v in (values if isinstance(values, Sequence) else [values] * 3))
     return a, b, c
 
@@ -100,9 +103,7 @@ def _triple(values: Any) -> tuple[float, float, float]:
 def processor_source(cfg: ModelConfig) -> str:
     """Where a CPU node reads the processor: a hub id or folder as is; a bucket model's
     processor files only (never its weights), copied once per node."""
-    if is_remote(cfg.id):
-        return local_model_cache(cfg.id, cfg.storage_options, cfg.cache_dir, PROCESSOR_FILES)
-    return cfg.id.removeprefix("file://")
+    return local_model_path(cfg.id, cfg.storage_options, cfg.cache_dir, PROCESSOR_FILES)
 
 
 def load_pixel_plan(cfg: ModelConfig) -> PixelPlan | None:

@@ -26,7 +26,12 @@ from iqa_ray.backends.families.mplug_owl2.processing import (
     square_and_resize,
 )
 from iqa_ray.backends.prompt import Prompt
-from iqa_ray.backends.transformers.pixels import PixelPlan, device_pixels, ready_pixels
+from iqa_ray.backends.transformers.pixels import (
+    PixelPlan,
+    channel_triple,
+    device_pixels,
+    ready_pixels,
+)
 from iqa_ray.backends.transformers.runtime import SHARING_VERIFIED, LoadedModel
 from iqa_ray.errors import ConfigError
 
@@ -55,13 +60,8 @@ def settings_plan(settings: ImageSettings) -> PixelPlan:
         raise ValueError("mPLUG-Owl2 pixels are always rescaled and normalised")
     side = settings.crop_size
     return PixelPlan(lambda image: square_and_resize(image, settings), (side, side),
-                     float(settings.rescale_factor), _triple(settings.image_mean),
-                     _triple(settings.image_std))
-
-
-def _triple(values: Any) -> tuple[float, float, float]:
-    a, b, c = (float(v) for v in values)
-    return a, b, c
+                     float(settings.rescale_factor), channel_triple(settings.image_mean),
+                     channel_triple(settings.image_std))
 
 
 def pixel_plan(source: str, revision: str | None) -> PixelPlan:
